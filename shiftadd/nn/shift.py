@@ -1,0 +1,150 @@
+"""DeepShift layers: conv and linear layers whose weights are 0 or +-2^p (math in shiftadd.ops.bitshift)."""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from shiftadd.nn.adder import kaiming_like_conv
+from shiftadd.nn.base import ConvLike, IntOrTuple, check_linear_input, check_positive
+from shiftadd.ops.bitshift import ROUNDING_MODES, ps_weight, q_weight, shift_range, shift_sign_from_weight
+from shiftadd.ops.quant import fixed_point_range, quantize_fixed_point
+
+SHIFT_MODES = ("ps", "q")
+
+
+class PowerOfTwoWeight(nn.Module):
+    """Mixin: the power-of-two weight of a DeepShift layer, its parameters and options.
+
+    mode "ps": trainable ``shift`` (p) and ``sign`` (s); mode "q": trainable ``latent_weight``.
+    ``.weight`` is the effective weight tensor (read-only), so code reading ``conv.weight`` works.
+    """
+
+    def _init_power_of_two(self, shape: Tuple[int, ...], mode: str, weight_bits: int, rounding: str,
+                           activation_bits: Optional[Sequence[int]], activation_signed: bool,
+                           device=None, dtype=None) -> None:
+        if mode not in SHIFT_MODES:
+            raise ValueError(f"mode must be one of {SHIFT_MODES}, got {mode!r}")
+        if rounding not in ROUNDING_MODES:
+            raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
+        shift_range(weight_bits)  # validates weight_bits
+        if activation_bits is not None:
+            if len(activation_bits) != 2:
+                raise ValueError(f"activation_bits must be (int_bits, frac_bits), got {activation_bits!r}")
+            fixed_point_range(int(activation_bits[0]), int(activation_bits[1]), activation_signed)
+            activation_bits = (int(activation_bits[0]), int(activation_bits[1]))
+        self.mode, self.weight_bits, self.rounding = mode, int(weight_bits), rounding
+        self.activation_bits, self.activation_signed = activation_bits, bool(activation_signed)
+        w = kaiming_like_conv(shape, device, dtype)
+        if mode == "ps":
+            p, s = shift_sign_from_weight(w, weight_bits)
+            self.shift = nn.Parameter(p)
+            self.sign = nn.Parameter(s)
+        else:
+            self.latent_weight = nn.Parameter(w)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective weight: every entry is 0 or +-2^p with p in the shift range."""
+        stochastic = self.rounding == "stochastic" and self.training
+        if self.mode == "ps":
+            return ps_weight(self.shift, self.sign, self.weight_bits, stochastic)
+        return q_weight(self.latent_weight, self.weight_bits, stochastic)
+
+    @torch.no_grad()
+    def set_weight(self, w: torch.Tensor) -> None:
+        """Initialise from float weights: p = round(log2|w|), s = sign(w) (or the latent weight in mode q)."""
+        if self.mode == "ps":
+            p, s = shift_sign_from_weight(w.to(self.shift), self.weight_bits)
+            self.shift.copy_(p)
+            self.sign.copy_(s)
+        else:
+            self.latent_weight.copy_(w)
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activation_bits is None:
+            return x
+        return quantize_fixed_point(x, *self.activation_bits, signed=self.activation_signed)
+
+    def _shift_repr(self) -> str:
+        s = f", mode={self.mode!r}, weight_bits={self.weight_bits}"
+        if self.rounding != "deterministic":
+            s += f", rounding={self.rounding!r}"
+        if self.activation_bits is not None:
+            s += f", activation_bits={self.activation_bits}, activation_signed={self.activation_signed}"
+        return s
+
+
+class _ShiftConvNd(ConvLike, PowerOfTwoWeight):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrTuple,
+        stride: IntOrTuple = 1,
+        padding: IntOrTuple = 0,
+        dilation: IntOrTuple = 1,
+        groups: int = 1,
+        bias: bool = False,
+        mode: str = "ps",
+        weight_bits: int = 5,
+        rounding: str = "deterministic",
+        activation_bits: Optional[Sequence[int]] = None,
+        activation_signed: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        ConvLike.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
+        self._init_power_of_two(self.weight_shape, mode, weight_bits, rounding, activation_bits,
+                                activation_signed, device, dtype)
+        self.bias = nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, unbatched = self.check_input(x)
+        conv = F.conv1d if self._dim == 1 else F.conv2d
+        out = conv(self.quantize_input(x), self.weight, self.bias, self.stride, self.padding, self.dilation,
+                   self.groups)
+        return out.squeeze(0) if unbatched else out
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._shift_repr()
+
+
+class ShiftConv1d(_ShiftConvNd):
+    """1-D DeepShift convolution; arguments as ``torch.nn.Conv1d`` plus ``mode``, ``weight_bits``, ..."""
+
+    _dim = 1
+
+
+class ShiftConv2d(_ShiftConvNd):
+    """2-D DeepShift convolution; arguments as ``torch.nn.Conv2d`` plus ``mode``, ``weight_bits``, ..."""
+
+    _dim = 2
+
+
+class ShiftLinear(PowerOfTwoWeight):
+    """DeepShift fully-connected layer with power-of-two weights."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "ps",
+                 weight_bits: int = 5, rounding: str = "deterministic",
+                 activation_bits: Optional[Sequence[int]] = None, activation_signed: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        self.in_features = check_positive("in_features", in_features)
+        self.out_features = check_positive("out_features", out_features)
+        self._init_power_of_two((out_features, in_features), mode, weight_bits, rounding, activation_bits,
+                                activation_signed, device, dtype)
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_linear_input(self, x, self.in_features)
+        return F.linear(self.quantize_input(x), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}" + self._shift_repr())
+
+
+SHIFT_TYPES = (ShiftConv1d, ShiftConv2d, ShiftLinear)

@@ -1,0 +1,234 @@
+"""AdderNet operator (Chen et al., "AdderNet: Do we really need multiplications in deep
+learning?", CVPR 2020), written from the paper's equations.
+
+Every form of the layer (conv 1-D/2-D with stride, padding, dilation, groups; linear) is
+reduced to one grouped matrix primitive on im2col patches:
+
+    X: (G, P, K) patches, W: (G, O, K) filters  ->  Y[g, p, o] = -sum_k |X[g,p,k] - W[g,o,k]|
+
+Gradients (paper Eq. 5 and 6):
+
+    full-precision weight gradient   dW[g,o,k] = sum_p (X[g,p,k] - W[g,o,k]) * dY[g,p,o]
+    HardTanh-clipped input gradient  dX[g,p,k] = sum_o HT(W[g,o,k] - X[g,p,k]) * dY[g,p,o]
+
+``grad_mode="sign"`` gives the exact derivative of the L1 distance instead (for ablations).
+The arithmetic itself lives in backends (see :func:`register_backend`); the reference
+backend here is plain PyTorch that works in chunks, so the (G x P x O x K) difference
+tensor never exists whole.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Protocol, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+GRAD_MODES = ("full", "sign")
+
+# Largest number of elements of one chunk of the difference tensor (64 MiB in float32).
+CHUNK_ELEMENTS = 1 << 24
+
+IntOrPair = Union[int, Sequence[int]]
+
+
+class AdderBackend(Protocol):
+    """What a backend provides; all tensors are contiguous (G, P, K), (G, O, K), (G, P, O)."""
+
+    name: str
+
+    def available(self) -> bool: ...
+
+    def supports(self, x: torch.Tensor) -> bool: ...
+
+    def forward(self, X: torch.Tensor, W: torch.Tensor) -> torch.Tensor: ...
+
+    def grad_input(self, X: torch.Tensor, W: torch.Tensor, dY: torch.Tensor, mode: str) -> torch.Tensor: ...
+
+    def grad_weight(self, X: torch.Tensor, W: torch.Tensor, dY: torch.Tensor, mode: str) -> torch.Tensor: ...
+
+
+class ReferenceBackend:
+    """Plain PyTorch, chunked over P so that memory stays bounded."""
+
+    name = "reference"
+
+    def available(self) -> bool:
+        return True
+
+    def supports(self, x: torch.Tensor) -> bool:
+        return True
+
+    @staticmethod
+    def _step(X: torch.Tensor, W: torch.Tensor) -> int:
+        G, _, K = X.shape
+        O = W.shape[1]
+        return max(1, CHUNK_ELEMENTS // max(1, G * O * K))
+
+    def forward(self, X: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        G, P, _ = X.shape
+        Y = X.new_empty((G, P, W.shape[1]))
+        step = self._step(X, W)
+        for s in range(0, P, step):
+            xs = X[:, s : s + step]
+            # Eq. (2): Y = -sum |X - F|
+            Y[:, s : s + step] = -(xs.unsqueeze(2) - W.unsqueeze(1)).abs_().sum(-1)
+        return Y
+
+    def grad_input(self, X: torch.Tensor, W: torch.Tensor, dY: torch.Tensor, mode: str) -> torch.Tensor:
+        dX = torch.empty_like(X)
+        step = self._step(X, W)
+        for s in range(0, X.shape[1], step):
+            d = W.unsqueeze(1) - X[:, s : s + step].unsqueeze(2)  # (G, p, O, K): F - X
+            # Eq. (6): dY/dX = HT(F - X); sign mode: the exact derivative sign(F - X)
+            d = d.clamp_(-1, 1) if mode == "full" else d.sign_()
+            dX[:, s : s + step] = torch.einsum("gpok,gpo->gpk", d, dY[:, s : s + step])
+        return dX
+
+    def grad_weight(self, X: torch.Tensor, W: torch.Tensor, dY: torch.Tensor, mode: str) -> torch.Tensor:
+        dW = torch.zeros_like(W)
+        step = self._step(X, W)
+        for s in range(0, X.shape[1], step):
+            d = X[:, s : s + step].unsqueeze(2) - W.unsqueeze(1)  # (G, p, O, K): X - F
+            # Eq. (5): dY/dF = X - F (full precision); sign mode: sign(X - F)
+            if mode == "sign":
+                d = d.sign_()
+            dW += torch.einsum("gpok,gpo->gok", d, dY[:, s : s + step])
+        return dW
+
+
+_BACKENDS: Dict[str, Tuple[int, AdderBackend]] = {}
+
+
+def register_backend(name: str, backend: AdderBackend, priority: int = 0) -> None:
+    """Make ``backend`` selectable; the available backend with the highest priority wins."""
+    _BACKENDS[name] = (priority, backend)
+
+
+def registered_backends() -> Dict[str, AdderBackend]:
+    """All registered backends, highest priority first."""
+    return {n: b for n, (_, b) in sorted(_BACKENDS.items(), key=lambda kv: -kv[1][0])}
+
+
+def select_backend(x: torch.Tensor) -> AdderBackend:
+    """The backend used for tensors like ``x`` ($SHIFTADD_BACKEND forces one by name)."""
+    _load_kernels()
+    forced = os.environ.get("SHIFTADD_BACKEND")
+    if forced:
+        if forced not in _BACKENDS:
+            raise ValueError(
+                f"SHIFTADD_BACKEND={forced!r} is not a known backend; choose one of: {', '.join(_BACKENDS)}"
+            )
+        return _BACKENDS[forced][1]
+    for backend in registered_backends().values():
+        if backend.available() and backend.supports(x):
+            return backend
+    return _BACKENDS["reference"][1]
+
+
+_kernels_loaded = False
+
+
+def _load_kernels() -> None:
+    """Import the fast kernels package once; it registers its backends (optional)."""
+    global _kernels_loaded
+    if not _kernels_loaded:
+        _kernels_loaded = True
+        try:
+            import shiftadd.kernels  # noqa: F401
+        except ImportError:
+            pass
+
+
+register_backend("reference", ReferenceBackend(), priority=0)
+
+
+class AdderFunction(torch.autograd.Function):
+    """Y = -sum|X - W| on (G, P, K) x (G, O, K) with AdderNet's gradients."""
+
+    @staticmethod
+    def forward(ctx, X: torch.Tensor, W: torch.Tensor, mode: str, backend: AdderBackend) -> torch.Tensor:  # type: ignore[override]
+        X, W = X.contiguous(), W.contiguous()
+        ctx.save_for_backward(X, W)
+        ctx.mode, ctx.backend = mode, backend
+        return backend.forward(X, W)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dY: torch.Tensor):  # type: ignore[override]
+        X, W = ctx.saved_tensors
+        dY = dY.contiguous()
+        dX = ctx.backend.grad_input(X, W, dY, ctx.mode) if ctx.needs_input_grad[0] else None
+        dW = ctx.backend.grad_weight(X, W, dY, ctx.mode) if ctx.needs_input_grad[1] else None
+        return dX, dW, None, None
+
+
+def adder_matmul(X: torch.Tensor, W: torch.Tensor, grad_mode: str = "full", backend: Optional[str] = None) -> torch.Tensor:
+    """The grouped primitive: X (G, P, K), W (G, O, K) -> (G, P, O), -L1 distances."""
+    if grad_mode not in GRAD_MODES:
+        raise ValueError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}")
+    impl = _BACKENDS[backend][1] if backend else select_backend(X)
+    return AdderFunction.apply(X, W, grad_mode, impl)
+
+
+def _pair(v: IntOrPair) -> Tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def adder_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+    grad_mode: str = "full",
+) -> torch.Tensor:
+    """Adder convolution: out[n,o,i,j] = -sum_{c,u,v} |x[n,c,i*s+u*d-p, j*s+v*d-p] - w[o,c,u,v]|.
+
+    Zero padding: a padded position holds x = 0 and so contributes -|w|.
+    x: (N, C, H, W), weight: (O, C/groups, kh, kw).
+    """
+    N, C = x.shape[:2]
+    O, Cg, kh, kw = weight.shape
+    G = groups
+    cols = F.unfold(x, (kh, kw), dilation=_pair(dilation), padding=_pair(padding), stride=_pair(stride))
+    L = cols.shape[-1]
+    K = Cg * kh * kw
+    Ho = (x.shape[2] + 2 * _pair(padding)[0] - _pair(dilation)[0] * (kh - 1) - 1) // _pair(stride)[0] + 1
+    Wo = L // Ho
+    X = cols.view(N, G, K, L).permute(1, 0, 3, 2).reshape(G, N * L, K)
+    Y = adder_matmul(X, weight.reshape(G, O // G, K), grad_mode)  # (G, N*L, O/G)
+    out = Y.view(G, N, L, O // G).permute(1, 0, 3, 2).reshape(N, O, Ho, Wo)
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1)
+    return out
+
+
+def adder_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    groups: int = 1,
+    grad_mode: str = "full",
+) -> torch.Tensor:
+    """1-D adder convolution; x: (N, C, L), weight: (O, C/groups, k)."""
+    out = adder_conv2d(
+        x.unsqueeze(2), weight.unsqueeze(2), bias, (1, stride), (0, padding), (1, dilation), groups, grad_mode
+    )
+    return out.squeeze(2)
+
+
+def adder_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, grad_mode: str = "full") -> torch.Tensor:
+    """Adder fully-connected layer: out[..., o] = -sum_i |x[..., i] - w[o, i]|."""
+    lead = x.shape[:-1]
+    Y = adder_matmul(x.reshape(1, -1, x.shape[-1]), weight.unsqueeze(0), grad_mode)
+    out = Y.reshape(*lead, weight.shape[0])
+    if bias is not None:
+        out = out + bias
+    return out
