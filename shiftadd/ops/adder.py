@@ -194,6 +194,11 @@ def adder_conv2d(
     N, C = x.shape[:2]
     O, Cg, kh, kw = weight.shape
     G = groups
+    if x.dim() != 4 or C != Cg * G or O % G:
+        raise ValueError(
+            f"adder_conv2d: input {tuple(x.shape)} and weight {tuple(weight.shape)} do not fit groups={groups}: "
+            "expected input (N, C, H, W) and weight (O, C/groups, kh, kw) with O divisible by groups"
+        )
     cols = F.unfold(x, (kh, kw), dilation=_pair(dilation), padding=_pair(padding), stride=_pair(stride))
     L = cols.shape[-1]
     K = Cg * kh * kw
