@@ -16,6 +16,7 @@ from shiftadd.errors import UserError
 # Modules that define ``register(subparsers)``; a module that is missing is skipped.
 COMMAND_MODULES = [
     "shiftadd.commands.demo",
+    "shiftadd.data.commands",
     "shiftadd.train.commands",
     "shiftadd.energy.commands",
     "shiftadd.kernels.commands",
