@@ -1,33 +1,48 @@
 """shiftadd: multiplication-free and hybrid neural networks for PyTorch.
 
-Operators (adder, bit-shift, shift-add) live in :mod:`shiftadd.nn`, their math in
-:mod:`shiftadd.ops`; :func:`convert` turns any model into another operator family.
+Operators (adder, bit-shift, shift-add, spatial shift) live in :mod:`shiftadd.nn`, their math
+in :mod:`shiftadd.ops`; :func:`convert` turns any model into another operator family. The model
+zoo (:mod:`shiftadd.models`), data (:mod:`shiftadd.data`), training (:mod:`shiftadd.train`),
+energy model (:mod:`shiftadd.energy`), quantisation (:mod:`shiftadd.quant`), pruning
+(:mod:`shiftadd.prune`) and fast kernels (:mod:`shiftadd.kernels`) are imported on first use.
 """
+import importlib
+from typing import Any, Dict
+
 from shiftadd import nn, ops
 from shiftadd.nn import (
-    AdderConv1d, AdderConv2d, AdderLinear, ShiftAddConv1d, ShiftAddConv2d, ShiftAddLinear,
-    ShiftConv1d, ShiftConv2d, ShiftLinear, conv_layer, convert, linear_layer,
+    ActiveShift2d, AdderConv1d, AdderConv2d, AdderLinear, ShiftAddConv1d, ShiftAddConv2d, ShiftAddLinear,
+    ShiftConv1d, ShiftConv2d, ShiftLinear, SparseShift2d, SpatialShift2d, conv_layer, convert, linear_layer,
 )
 from shiftadd.optim import AdderAdaptiveLR, scale_adder_gradients
 
 __version__ = "0.1.0"
 
+_LAZY = ("models", "data", "train", "energy", "quant", "prune", "kernels")
 
-def backends() -> dict:
-    """Which adder backends are available and which one a CPU float32 tensor would use."""
-    import torch
 
-    from shiftadd.ops.adder import registered_backends, select_backend
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return importlib.import_module(f"shiftadd.{name}")
+    raise AttributeError(f"module 'shiftadd' has no attribute {name!r}")
 
-    probe = torch.zeros(1)
-    return {
-        "available": [n for n, b in registered_backends().items() if b.available()],
-        "selected_cpu_float32": select_backend(probe).name,
-    }
+
+def backends() -> Dict[str, Any]:
+    """Which adder backends exist, which are available and which one layers use."""
+    try:
+        from shiftadd.kernels import backends as kernel_backends
+    except ImportError:  # kernels package unavailable: only the reference exists
+        import torch
+
+        from shiftadd.ops.adder import select_backend
+
+        return {"in_use": {"cpu/float32": select_backend(torch.zeros(1)).name}}
+    return kernel_backends()
 
 
 __all__ = [
-    "nn", "ops", "convert", "conv_layer", "linear_layer", "backends",
+    "nn", "ops", *_LAZY, "convert", "conv_layer", "linear_layer", "backends",
     "AdderConv1d", "AdderConv2d", "AdderLinear", "ShiftConv1d", "ShiftConv2d", "ShiftLinear",
-    "ShiftAddConv1d", "ShiftAddConv2d", "ShiftAddLinear", "AdderAdaptiveLR", "scale_adder_gradients",
+    "ShiftAddConv1d", "ShiftAddConv2d", "ShiftAddLinear", "SpatialShift2d", "ActiveShift2d", "SparseShift2d",
+    "AdderAdaptiveLR", "scale_adder_gradients",
 ]

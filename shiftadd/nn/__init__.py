@@ -1,14 +1,24 @@
-"""Conv/Linear-compatible modules of every operator family, and convert()."""
+"""Conv/Linear-compatible modules of every operator family, spatial shifts, and convert()."""
 from shiftadd.nn.adder import ADDER_TYPES, AdderConv1d, AdderConv2d, AdderLinear
 from shiftadd.nn.convert import convert
 from shiftadd.nn.factory import OPS, conv_layer, linear_layer
 from shiftadd.nn.shift import SHIFT_TYPES, ShiftConv1d, ShiftConv2d, ShiftLinear
 from shiftadd.nn.shiftadd import SHIFTADD_TYPES, ShiftAddConv1d, ShiftAddConv2d, ShiftAddLinear
+from shiftadd.nn.spatial_shift import (
+    SPATIAL_SHIFT_TYPES, ActiveShift, ActiveShift1d, ActiveShift2d, AddressShift, ChannelShift, ShortcutShift,
+    SparseShift, SparseShift1d, SparseShift2d, SpatialShift, SpatialShift1d, SpatialShift2d,
+    freeze_sparse_shifts, remove_zero_shift_layers, shift_sparsity_report, sparse_shift_penalty,
+    total_shift_sparsity,
+)
 
 __all__ = [
     "AdderConv1d", "AdderConv2d", "AdderLinear",
     "ShiftConv1d", "ShiftConv2d", "ShiftLinear",
     "ShiftAddConv1d", "ShiftAddConv2d", "ShiftAddLinear",
-    "ADDER_TYPES", "SHIFT_TYPES", "SHIFTADD_TYPES", "OPS",
+    "SpatialShift", "SpatialShift1d", "SpatialShift2d", "ActiveShift", "ActiveShift1d", "ActiveShift2d",
+    "SparseShift", "SparseShift1d", "SparseShift2d", "ChannelShift", "AddressShift", "ShortcutShift",
+    "ADDER_TYPES", "SHIFT_TYPES", "SHIFTADD_TYPES", "SPATIAL_SHIFT_TYPES", "OPS",
     "conv_layer", "linear_layer", "convert",
+    "sparse_shift_penalty", "shift_sparsity_report", "total_shift_sparsity",
+    "remove_zero_shift_layers", "freeze_sparse_shifts",
 ]
