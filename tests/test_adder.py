@@ -173,3 +173,21 @@ def test_wrong_input_shape_states_expected_shape():
         m(torch.randn(8, 8))
     with pytest.raises(ValueError, match=r"\(\.\.\., 7\)"):
         AdderLinear(7, 2)(torch.randn(3, 6))
+
+
+@pytest.mark.parametrize("cfg", CONFIGS + _random_configs(8, seed=7))
+@pytest.mark.parametrize("mode", ["full", "sign"])
+def test_default_backend_float32_matches_paper_formulas(cfg, mode):
+    # float32 goes through the fastest available backend (fused C++ kernel when it builds)
+    N, C, O, H, W, k, s, p, d, g = cfg
+    torch.manual_seed(1)
+    x = torch.randn(N, C, H, W, requires_grad=True)
+    w = torch.randn(O, C // g, *k, requires_grad=True)
+    out = adder_conv2d(x, w, None, s, p, d, g, grad_mode=mode)
+    g_out = torch.randn_like(out)
+    out.backward(g_out)
+    ref_out, ref_dx, ref_dw = adder_conv2d_with_grads(x.detach().double(), w.detach().double(), g_out.double(),
+                                                      s, p, d, g, mode)
+    torch.testing.assert_close(out.double(), ref_out, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(x.grad.double(), ref_dx, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(w.grad.double(), ref_dw, rtol=1e-4, atol=1e-3)

@@ -199,6 +199,11 @@ def adder_conv2d(
             f"adder_conv2d: input {tuple(x.shape)} and weight {tuple(weight.shape)} do not fit groups={groups}: "
             "expected input (N, C, H, W) and weight (O, C/groups, kh, kw) with O divisible by groups"
         )
+    backend = select_backend(x)
+    fused = getattr(backend, "conv2d", None)  # a backend may fuse im2col into its kernel
+    if fused is not None and backend.available() and backend.supports(x) and backend.supports(weight):
+        out = fused(x, weight, _pair(stride), _pair(padding), _pair(dilation), groups, grad_mode)
+        return out if bias is None else out + bias.view(1, -1, 1, 1)
     cols = F.unfold(x, (kh, kw), dilation=_pair(dilation), padding=_pair(padding), stride=_pair(stride))
     L = cols.shape[-1]
     K = Cg * kh * kw

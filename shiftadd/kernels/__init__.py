@@ -1,0 +1,107 @@
+"""Fast kernels for the adder primitive and integer inference.
+
+Importing this package registers its backends with :mod:`shiftadd.ops.adder`:
+
+=========  ========  ==========================================================================
+name       priority  what
+=========  ========  ==========================================================================
+triton        200    CUDA tensors, Triton kernels (only registered when CUDA and Triton exist;
+                     untested: written without a GPU)
+cpu           100    C++ extension, float32 CPU tensors (JIT-built on first use, cached)
+cdist          10    ``-torch.cdist(p=1)`` forward + reference gradients (pure PyTorch)
+reference       0    chunked PyTorch (registered by shiftadd.ops.adder)
+=========  ========  ==========================================================================
+
+The highest-priority backend that is available and supports the tensor wins;
+``$SHIFTADD_BACKEND=<name>`` forces one. :func:`backends` reports what is available and in use.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict
+
+import torch
+
+from shiftadd.kernels._build import build_info, cache_dir, load_extension
+from shiftadd.kernels.cpu_backend import CdistBackend, CpuBackend, cdist_backend, cpu_backend
+from shiftadd.kernels.integer import (
+    IntAdderConv2d,
+    IntAdderLinear,
+    IntShiftConv2d,
+    IntShiftLinear,
+    decompose_pow2,
+    int_adder_conv2d,
+    int_adder_matmul,
+    int_shift_conv2d,
+    quantize_symmetric,
+    to_integer,
+    to_integer_module,
+)
+
+CPU_PRIORITY = 100
+CDIST_PRIORITY = 10
+TRITON_PRIORITY = 200
+
+
+def _register() -> None:
+    from shiftadd.ops.adder import register_backend
+
+    register_backend("cpu", cpu_backend, priority=CPU_PRIORITY)
+    register_backend("cdist", cdist_backend, priority=CDIST_PRIORITY)
+    if torch.cuda.is_available():
+        try:
+            from shiftadd.kernels.triton_adder import triton_backend
+        except ImportError:  # no triton installed
+            return
+        register_backend("triton", triton_backend, priority=TRITON_PRIORITY)
+
+
+_register()
+
+
+def backends() -> Dict[str, Any]:
+    """What adder backends exist, which are available, and which one layers use.
+
+    Returns ``{"in_use": {"cpu/float32": name, ...}, "forced": $SHIFTADD_BACKEND or None,
+    "backends": {name: {"priority", "available", "detail"}}, "extension": build info}``.
+    Checking availability builds the C++ extension if it has not been built yet.
+    """
+    from shiftadd.ops.adder import _BACKENDS, select_backend
+
+    table: Dict[str, Dict[str, Any]] = {}
+    for name, (priority, backend) in sorted(_BACKENDS.items(), key=lambda kv: -kv[1][0]):
+        try:
+            ok = bool(backend.available())
+        except Exception as exc:  # a broken backend must not break the report
+            ok, detail = False, f"error: {exc}"
+        else:
+            detail = backend.detail() if hasattr(backend, "detail") else ""
+        table[name] = {"priority": priority, "available": ok, "detail": detail}
+    in_use = {"cpu/float32": select_backend(torch.zeros(1)).name}
+    if torch.cuda.is_available():
+        in_use["cuda/float32"] = select_backend(torch.zeros(1, device="cuda")).name
+    return {
+        "in_use": in_use,
+        "forced": os.environ.get("SHIFTADD_BACKEND") or None,
+        "backends": table,
+        "extension": build_info(),
+    }
+
+
+def backends_report() -> str:
+    """:func:`backends` as a few human-readable lines."""
+    info = backends()
+    lines = [f"in use: {', '.join(f'{k} -> {v}' for k, v in info['in_use'].items())}"
+             + (f" (forced by SHIFTADD_BACKEND={info['forced']})" if info["forced"] else "")]
+    for name, b in info["backends"].items():
+        flag = "yes" if b["available"] else "no "
+        lines.append(f"  {name:<10} priority {b['priority']:>3}  available {flag}  {b['detail']}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "backends", "backends_report", "load_extension", "build_info", "cache_dir",
+    "CpuBackend", "CdistBackend", "cpu_backend", "cdist_backend",
+    "int_adder_conv2d", "int_adder_matmul", "int_shift_conv2d", "quantize_symmetric", "decompose_pow2",
+    "IntAdderConv2d", "IntAdderLinear", "IntShiftConv2d", "IntShiftLinear", "to_integer", "to_integer_module",
+]
