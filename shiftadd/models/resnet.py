@@ -1,0 +1,140 @@
+"""CIFAR ResNets (He et al., CVPR 2016, Sec. 4.2): 3 stages of 16/32/64 channels, 6n+2 layers.
+
+One definition for every operator family: each 3x3 and 1x1 convolution is built by
+``shiftadd.nn.conv_layer(op, ...)`` and followed by BatchNorm (AdderNet needs it after
+every adder layer). The stem convolution and the classifier stay multiplicative unless
+``keep_first_last=False``; an adder classifier is then followed by BatchNorm1d, as in
+AdderNet's ResNet-20.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from shiftadd.models.registry import register_model
+
+#: Operator families whose layers contain an adder layer (BatchNorm must follow them).
+ADDER_OPS = ("adder", "shiftadd", "shiftadd-fixed")
+
+
+def has_adder(op: str) -> bool:
+    """True when layers of family ``op`` contain an adder (L1-distance) layer."""
+    return op in ADDER_OPS
+
+
+def edge_op(op: str, keep_first_last: bool) -> str:
+    """Operator family of the first/last layer: ``"conv"`` when they are kept multiplicative."""
+    return "conv" if keep_first_last else op
+
+
+def classifier(op: str, in_features: int, num_classes: int, **layer_options: Any) -> nn.Module:
+    """Final linear layer of family ``op``; an adder classifier gets BatchNorm1d on the logits."""
+    from shiftadd.nn import linear_layer
+
+    if has_adder(op):
+        return nn.Sequential(linear_layer(op, in_features, num_classes, bias=False, **layer_options),
+                             nn.BatchNorm1d(num_classes))
+    return linear_layer(op, in_features, num_classes, bias=True, **layer_options)
+
+
+class _PadShortcut(nn.Module):
+    """Option-A shortcut: subsample by ``stride`` and zero-pad the new channels (no parameters)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.stride, self.pad = stride, planes - in_planes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 layers of family ``op`` with BatchNorm, plus an identity/projection shortcut."""
+
+    def __init__(self, op: str, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B",
+                 layer_options: Dict[str, Any] | None = None) -> None:
+        super().__init__()
+        from shiftadd.nn import conv_layer
+
+        opts = dict(layer_options or {})
+        self.conv1 = conv_layer(op, in_planes, planes, 3, stride=stride, padding=1, bias=False, **opts)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv_layer(op, planes, planes, 3, stride=1, padding=1, bias=False, **opts)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            if shortcut == "A":
+                self.shortcut = _PadShortcut(in_planes, planes, stride)
+            else:  # "B": 1x1 projection of the same family + BN, as in AdderNet's ResNet-20
+                self.shortcut = nn.Sequential(
+                    conv_layer(op, in_planes, planes, 1, stride=stride, bias=False, **opts),
+                    nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for 32x32 images; ``op`` selects the operator family of the inner layers."""
+
+    def __init__(self, depth: int, op: str = "conv", num_classes: int = 10, in_channels: int = 3,
+                 width: int = 16, keep_first_last: bool = True, shortcut: str = "B",
+                 **layer_options: Any) -> None:
+        super().__init__()
+        from shiftadd.nn import conv_layer
+
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, ...), got {depth}")
+        if shortcut not in ("A", "B"):
+            raise ValueError(f"shortcut must be 'A' (zero-pad) or 'B' (projection), got {shortcut!r}")
+        if width < 1 or in_channels < 1 or num_classes < 1:
+            raise ValueError("width, in_channels and num_classes must be positive")
+        n = (depth - 2) // 6
+        self.op, self.depth, self.keep_first_last = op, depth, keep_first_last
+        first = edge_op(op, keep_first_last)
+        self.conv1 = conv_layer(first, in_channels, width, 3, stride=1, padding=1, bias=False,
+                                **(layer_options if first != "conv" else {}))
+        self.bn1 = nn.BatchNorm2d(width)
+        stages: List[nn.Module] = []
+        in_planes = width
+        for i, planes in enumerate((width, 2 * width, 4 * width)):
+            blocks = []
+            for j in range(n):
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(BasicBlock(op, in_planes, planes, stride, shortcut, layer_options))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        last = edge_op(op, keep_first_last)
+        self.fc = classifier(last, in_planes, num_classes, **(layer_options if last != "conv" else {}))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _builder(depth: int):
+    def build(op: str = "conv", num_classes: int = 10, **options: Any) -> CifarResNet:
+        return CifarResNet(depth, op=op, num_classes=num_classes, **options)
+
+    build.__doc__ = (f"CIFAR ResNet-{depth} ({(depth - 2) // 6} basic blocks per stage). Options: in_channels=3, "
+                     "width=16, keep_first_last=True, shortcut='B', plus layer options (weight_bits, eta, ...).")
+    return build
+
+
+for _depth in (8, 20, 32, 56, 110):
+    register_model(f"resnet{_depth}")(_builder(_depth))
