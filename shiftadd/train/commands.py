@@ -1,0 +1,236 @@
+"""``shiftadd models``, ``shiftadd train`` and ``shiftadd eval``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict
+
+from shiftadd.errors import UserError
+
+OP_DESCRIPTIONS = {
+    "conv": "multiplication (ordinary convolution / linear layer)",
+    "adder": "AdderNet: -sum|x - w| (additions only)",
+    "shift-q": "DeepShift-Q: weights rounded to +-2^p (bit shifts)",
+    "shift-ps": "DeepShift-PS: trained shift p and sign s (bit shifts)",
+    "shiftadd": "ShiftAddNet: bit-shift layer then adder layer",
+    "shiftadd-fixed": "ShiftAddNet with the shift layer frozen",
+}
+
+# flag name -> config key, for flags that map one-to-one
+_DIRECT = ("model", "op", "dataset", "data_dir", "subset", "test_subset", "epochs", "batch_size", "test_batch_size", "lr",
+           "momentum", "weight_decay", "optimizer", "schedule", "seed", "device", "workers", "threads",
+           "label_smoothing", "grad_clip", "max_loss", "warmup_epochs", "shift_lr", "gamma", "bn_recalibration")
+
+
+def _model_option(text: str):
+    import yaml
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    if not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"bad option name {key!r}")
+    try:
+        return key, yaml.safe_load(value) if value else None
+    except yaml.YAMLError:
+        return key, value
+
+
+def _milestones(text: str):
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def register(subparsers) -> None:
+    """Add the ``models``, ``train`` and ``eval`` sub-commands."""
+    S = argparse.SUPPRESS
+    p = subparsers.add_parser("models", help="list architectures and operator families")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_models)
+
+    p = subparsers.add_parser(
+        "train", help="train a model (checkpoints, metrics.jsonl and curves.png in --out)",
+        description="Train a zoo model. Settings come from the recipe, then --config FILE.yaml, then flags. "
+                    "Run under `torchrun --nproc_per_node N` for data-parallel training.")
+    g = p.add_argument_group("what to train")
+    g.add_argument("--model", default=S, help="architecture (see `shiftadd models`), default resnet20")
+    g.add_argument("--op", default=S, help="operator family: conv, adder, shift-q, shift-ps, shiftadd, shiftadd-fixed")
+    g.add_argument("--model-option", "-O", dest="model_option", action="append", type=_model_option, default=S,
+                   metavar="KEY=VALUE", help="architecture/layer option, e.g. keep_first_last=false, weight_bits=4")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=S, help="cifar10, cifar100, mnist, folder or embedded (default cifar10)")
+    g.add_argument("--data-dir", dest="data_dir", default=S, help="where the data set lives")
+    g.add_argument("--subset", type=_positive_int, default=S, help="train on a class-balanced subset of N images")
+    g.add_argument("--test-subset", dest="test_subset", type=_positive_int, default=S,
+                   help="evaluate on a class-balanced subset of N test images")
+    g.add_argument("--augment", dest="augment", action="store_true", default=S, help="random crop + flip")
+    g.add_argument("--no-augment", dest="augment", action="store_false", default=S, help="no augmentation")
+    g = p.add_argument_group("recipe (every field can be overridden)")
+    g.add_argument("--recipe", default=S, help="addernet, shiftaddnet (default) or deepshift")
+    g.add_argument("--config", default=S, metavar="FILE.yaml", help="YAML file of configuration keys")
+    g.add_argument("--epochs", type=_positive_int, default=S)
+    g.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=S,
+                   help="global batch size (split over processes)")
+    g.add_argument("--test-batch-size", dest="test_batch_size", type=_positive_int, default=S)
+    g.add_argument("--lr", type=float, default=S, help="initial learning rate")
+    g.add_argument("--momentum", type=float, default=S)
+    g.add_argument("--weight-decay", dest="weight_decay", type=float, default=S)
+    g.add_argument("--optimizer", default=S, help="sgd, adam or radam")
+    g.add_argument("--schedule", default=S, help="cosine, step or constant")
+    g.add_argument("--milestones", type=_milestones, default=S,
+                   help="step schedule: fractions of the epochs, e.g. 0.5,0.75")
+    g.add_argument("--gamma", type=float, default=S, help="step schedule decay factor")
+    g.add_argument("--warmup-epochs", dest="warmup_epochs", type=int, default=S)
+    g.add_argument("--eta", dest="adaptive_eta", type=float, default=S,
+                   help="AdderNet adaptive learning-rate coefficient (0 turns it off; default 0.2)")
+    g.add_argument("--shift-lr", dest="shift_lr", type=float, default=S,
+                   help="learning rate of the DeepShift shift/sign parameter group")
+    g.add_argument("--bn-recalibration", dest="bn_recalibration", type=int, default=S, metavar="IMAGES",
+                   help="re-estimate BatchNorm statistics on this many training images before each evaluation "
+                        "(default: 1024 for models with adder layers, else 0)")
+    g.add_argument("--label-smoothing", dest="label_smoothing", type=float, default=S)
+    g.add_argument("--grad-clip", dest="grad_clip", type=float, default=S)
+    g.add_argument("--max-loss", dest="max_loss", type=float, default=S,
+                   help="stop when the loss exceeds this (or is NaN); default 1e4")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=S)
+    g.add_argument("--device", default=S, help="auto (default), cpu, cuda or cuda:N")
+    g.add_argument("--workers", type=int, default=S, help="background threads preparing batches (default 0)")
+    g.add_argument("--threads", type=_positive_int, default=S, help="torch CPU threads")
+    g.add_argument("--out", default=S, help="run directory (default runs/<model>-<op>-<dataset>)")
+    g.add_argument("--resume", default=S, metavar="OUT", help="continue the run saved in OUT")
+    g.add_argument("--tensorboard", action="store_true", default=S, help="also log to OUT/tensorboard")
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=S,
+                   help="no live progress bar (one line per epoch)")
+    p.set_defaults(func=_cmd_train)
+
+    p = subparsers.add_parser("eval", help="evaluate a checkpoint on its test set")
+    p.add_argument("--checkpoint", required=True, help="run directory (or its checkpoint.json)")
+    p.add_argument("--data-dir", dest="data_dir", default=None, help="where the data set lives now")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=None)
+    p.add_argument("--test-subset", dest="test_subset", type=int, default=None, metavar="N",
+                   help="evaluate on a class-balanced subset of N test images (0: the whole test set; "
+                        "default: what the run used)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_models(args) -> int:
+    from shiftadd.models import OPS, list_models
+    from shiftadd.models import registry
+
+    models = []
+    for name in list_models():
+        doc = " ".join((registry._MODELS[name].__doc__ or "").split())
+        models.append({"name": name, "description": doc.split(" Options:")[0]})
+    ops = [{"name": op, "description": OP_DESCRIPTIONS.get(op, "")} for op in OPS]
+    if args.json:
+        print(json.dumps({"models": models, "ops": ops}, indent=1))
+        return 0
+    width = max(len(x["name"]) for x in models + ops)
+    print("architectures:")
+    for m in models:
+        print(f"  {m['name']:<{width}}  {m['description']}")
+    print("operator families (--op):")
+    for o in ops:
+        print(f"  {o['name']:<{width}}  {o['description']}")
+    return 0
+
+
+def _overrides(args) -> Dict[str, Any]:
+    given = vars(args)
+    out: Dict[str, Any] = {}
+    for key in _DIRECT:
+        if key in given:
+            out[key] = given[key]
+    for key in ("augment", "adaptive_eta", "milestones", "tensorboard", "progress"):
+        if key in given:
+            out[key] = given[key]
+    if "model_option" in given:
+        out["model_options"] = dict(given["model_option"])
+    return out
+
+
+def _cmd_train(args) -> int:
+    from shiftadd.train.config import load_config_file, make_config
+    from shiftadd.train.loop import RESUMABLE_OVERRIDES, TrainingDiverged, train
+
+    given = vars(args)
+    flags = _overrides(args)
+    if "resume" in given:
+        run = given["resume"]
+        if "out" in given and os.path.abspath(given["out"]) != os.path.abspath(run):
+            raise UserError("--resume OUT continues OUT in place; do not pass a different --out")
+        if "config" in given:
+            raise UserError("--config cannot be combined with --resume (the run keeps its configuration)")
+        bad = sorted(k for k in flags if k not in RESUMABLE_OVERRIDES)
+        if bad:
+            raise UserError(f"--{bad[0].replace('_', '-')} cannot change when resuming; "
+                            f"only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_OVERRIDES)} can")
+        from shiftadd.train.checkpoint import load_checkpoint
+        from shiftadd.train.config import config_from_dict
+
+        saved = config_from_dict(load_checkpoint(run).meta["config"])
+        for k, v in flags.items():
+            setattr(saved, k, v)
+        config, out, resume = saved, run, True
+    else:
+        values: Dict[str, Any] = {}
+        if "config" in given:
+            values.update(load_config_file(given["config"]))
+        merged_options = dict(values.get("model_options", {}))
+        merged_options.update(flags.pop("model_options", {}))
+        values.update(flags)
+        if merged_options:
+            values["model_options"] = merged_options
+        config = make_config(given.get("recipe") or values.pop("recipe", None), values)
+        out = given.get("out") or os.path.join("runs", f"{config.model}-{config.op}-{config.dataset}")
+        resume = False
+    if not sys.stderr.isatty() and "progress" not in given:
+        config.progress = False  # logs: one line per epoch instead of a redrawn bar
+    try:
+        result = train(config, out, resume=resume)
+    except TrainingDiverged as exc:
+        print(f"shiftadd train: stopped: {exc}", file=sys.stderr)
+        return 1
+    final = result.final
+    if result.extra.get("rank", 0) != 0:
+        return 0
+    print(f"done: test accuracy {100 * final['test_acc']:.2f}%, test loss {final['test_loss']:.4f} after "
+          f"{final['epoch']} epochs; run saved in {out}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from shiftadd.train.loop import evaluate_checkpoint
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.test_subset is not None and args.test_subset < 0:
+        raise UserError(f"--test-subset must be >= 0, got {args.test_subset}")
+    res = evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device,
+                              batch_size=args.batch_size, test_subset=args.test_subset)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{res['model']} ({res['op']}) after {res['epoch']} epochs on {res['dataset']} test set "
+              f"({res['n']} images): accuracy {100 * res['acc']:.2f}%  loss {res['loss']:.4f}")
+    return 0

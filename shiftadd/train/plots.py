@@ -1,0 +1,77 @@
+"""Training-curve and comparison plots (matplotlib, Agg backend: no display needed)."""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Sequence
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def plot_curves(history: Sequence[Dict[str, Any]], path: str, title: str = "") -> str:
+    """Loss and accuracy per epoch (train and test) from metrics rows; returns ``path``."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax1.plot(epochs, [h["test_loss"] for h in history], "s-", label="test")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("cross-entropy loss")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    ax2.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
+    ax2.plot(epochs, [100 * h["test_acc"] for h in history], "s-", label="test")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("accuracy (%)")
+    ax2.legend()
+    ax2.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plot_comparison(rows: List[Dict[str, Any]], path: str, title: str = "") -> str:
+    """Test accuracy per epoch for each row of :func:`shiftadd.train.compare`, plus final accuracy bars."""
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = []
+    for row in rows:
+        label = f"{row['model']} / {row['op']}"
+        labels.append(label)
+        hist = row.get("history") or []
+        ax1.plot([h["epoch"] for h in hist], [100 * h["test_acc"] for h in hist], "o-", label=label)
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("test accuracy (%)")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    accs = [100 * r["test_acc"] for r in rows]
+    bars = ax2.bar(range(len(rows)), accs, color=[f"C{i}" for i in range(len(rows))])
+    for b, r in zip(bars, rows):
+        ax2.text(b.get_x() + b.get_width() / 2, b.get_height(), f"{100 * r['test_acc']:.1f}%\n{r['train_seconds']:.0f}s",
+                 ha="center", va="bottom", fontsize=8)
+    ax2.set_xticks(range(len(rows)))
+    ax2.set_xticklabels([r["op"] for r in rows], rotation=20)
+    ax2.set_ylabel("final test accuracy (%)")
+    ax2.set_ylim(0, max(accs + [1]) * 1.25)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
