@@ -71,6 +71,8 @@ def register(subparsers) -> None:
     g.add_argument("--op", default=S, help="operator family: conv, adder, shift-q, shift-ps, shiftadd, shiftadd-fixed")
     g.add_argument("--model-option", "-O", dest="model_option", action="append", type=_model_option, default=S,
                    metavar="KEY=VALUE", help="architecture/layer option, e.g. keep_first_last=false, weight_bits=4")
+    g.add_argument("--expansion", type=int, default=S,
+                   help="expansion of shift-based models (shiftresnet*, fe_net); same as -O expansion=N")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=S, help="cifar10, cifar100, mnist, folder or embedded (default cifar10)")
     g.add_argument("--data-dir", dest="data_dir", default=S, help="where the data set lives")
@@ -164,6 +166,8 @@ def _overrides(args) -> Dict[str, Any]:
             out[key] = given[key]
     if "model_option" in given:
         out["model_options"] = dict(given["model_option"])
+    if "expansion" in given:
+        out.setdefault("model_options", {})["expansion"] = given["expansion"]
     return out
 
 

@@ -507,6 +507,9 @@ def _train(config: TrainConfig, out: Optional[str], saved: Optional[ckpt.Checkpo
             loss_sum = F.cross_entropy(outputs.float(), y, reduction="sum", label_smoothing=config.label_smoothing)
             # DDP averages gradients over processes: scale so the result is the global-batch mean.
             loss = loss_sum * (info.world_size / n_global)
+            regularizer = getattr(raw_model, "regularization_loss", None)
+            if callable(regularizer):  # e.g. the sparse-shift L1 penalty (Chen et al., CVPR 2019)
+                loss = loss + regularizer()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if eta:
