@@ -8,7 +8,7 @@ AdderNet's ResNet-20.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -38,6 +38,22 @@ def classifier(op: str, in_features: int, num_classes: int, **layer_options: Any
         return nn.Sequential(linear_layer(op, in_features, num_classes, bias=False, **layer_options),
                              nn.BatchNorm1d(num_classes))
     return linear_layer(op, in_features, num_classes, bias=True, **layer_options)
+
+
+def three_stages(width: int, blocks_per_stage: int,
+                 make_block: Callable[[int, int, int], nn.Module]) -> Tuple[List[nn.Sequential], int]:
+    """The CIFAR ResNet layout: stages of ``width``, 2x and 4x channels, the first block of stages 2
+    and 3 with stride 2. ``make_block(in_planes, planes, stride)`` builds one block; returns the
+    three stages and the channels of the last one."""
+    stages: List[nn.Sequential] = []
+    in_planes = width
+    for i, planes in enumerate((width, 2 * width, 4 * width)):
+        blocks = []
+        for j in range(blocks_per_stage):
+            blocks.append(make_block(in_planes, planes, 2 if (i > 0 and j == 0) else 1))
+            in_planes = planes
+        stages.append(nn.Sequential(*blocks))
+    return stages, in_planes
 
 
 class _PadShortcut(nn.Module):
@@ -101,15 +117,8 @@ class CifarResNet(nn.Module):
         self.conv1 = conv_layer(first, in_channels, width, 3, stride=1, padding=1, bias=False,
                                 **(layer_options if first != "conv" else {}))
         self.bn1 = nn.BatchNorm2d(width)
-        stages: List[nn.Module] = []
-        in_planes = width
-        for i, planes in enumerate((width, 2 * width, 4 * width)):
-            blocks = []
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(BasicBlock(op, in_planes, planes, stride, shortcut, layer_options))
-                in_planes = planes
-            stages.append(nn.Sequential(*blocks))
+        stages, in_planes = three_stages(
+            width, n, lambda cin, planes, stride: BasicBlock(op, cin, planes, stride, shortcut, layer_options))
         self.layer1, self.layer2, self.layer3 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         last = edge_op(op, keep_first_last)

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shiftadd.models.registry import register_model
-from shiftadd.models.resnet import classifier, edge_op
+from shiftadd.models.resnet import classifier, edge_op, three_stages
 from shiftadd.nn.spatial_shift import (ActiveShift2d, AddressShift, ChannelShift, ShortcutShift, SparseShift2d,
                                        SpatialShift2d, sparse_shift_penalty)
 from shiftadd.ops.spatial_shift import address_groups
@@ -137,16 +137,8 @@ class ShiftResNet(_ShiftNetwork):
         n = (depth - 2) // 6
         self.op, self.depth, self.expansion, self.shift_kind = op, depth, expansion, shift
         self.stem = _Stem(op, in_channels, width, keep_first_last, layer_options)
-        stages: List[nn.Module] = []
-        in_planes = width
-        for i, planes in enumerate((width, 2 * width, 4 * width)):
-            blocks = []
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(CSCBlock(op, in_planes, planes, stride, expansion, shift, kernel_size, dilation,
-                                       shift_options, layer_options))
-                in_planes = planes
-            stages.append(nn.Sequential(*blocks))
+        stages, in_planes = three_stages(width, n, lambda cin, planes, stride: CSCBlock(
+            op, cin, planes, stride, expansion, shift, kernel_size, dilation, shift_options, layer_options))
         self.layer1, self.layer2, self.layer3 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         last = edge_op(op, keep_first_last)
@@ -332,16 +324,8 @@ class AddressNet(_ShiftNetwork):
         n = (depth - 2) // 6
         self.op, self.depth, self.expansion = op, depth, expansion
         self.stem = _Stem(op, in_channels, width, keep_first_last, layer_options)
-        stages = []
-        in_planes = width
-        for i, planes in enumerate((width, 2 * width, 4 * width)):
-            blocks = []
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(AddressBlock(op, in_planes, planes, stride, expansion, groups, directions,
-                                           layer_options))
-                in_planes = planes
-            stages.append(nn.Sequential(*blocks))
+        stages, in_planes = three_stages(width, n, lambda cin, planes, stride: AddressBlock(
+            op, cin, planes, stride, expansion, groups, directions, layer_options))
         self.layer1, self.layer2, self.layer3 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         last = edge_op(op, keep_first_last)
