@@ -31,6 +31,13 @@ def _round(x: torch.Tensor, stochastic: bool, generator: Optional[torch.Generato
     return torch.round(x)
 
 
+def _exponent(w: torch.Tensor, weight_bits: int, stochastic: bool = False,
+              generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """round(log2|w|) clamped to the shift range (|w| = 0 gives p_min)."""
+    p_min, p_max = shift_range(weight_bits)
+    log_mag = torch.log2(w.abs().clamp_min(torch.finfo(w.dtype).tiny))
+    return _round(log_mag, stochastic, generator).clamp(p_min, p_max)
+
 def ste(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """``value`` in the forward pass, identity gradient with respect to ``x``."""
     return x + (value - x).detach()
@@ -53,10 +60,7 @@ def ps_weight(
 def round_power_of_two(w: torch.Tensor, weight_bits: int = 5, stochastic: bool = False,
                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """sign(w) * 2^round(log2|w|), exponent clamped to the shift range; zero stays zero (no STE)."""
-    p_min, p_max = shift_range(weight_bits)
-    mag = w.abs()
-    p = _round(torch.log2(mag.clamp_min(torch.finfo(w.dtype).tiny)), stochastic, generator).clamp(p_min, p_max)
-    return torch.sign(w) * torch.pow(2.0, p)
+    return torch.sign(w) * torch.pow(2.0, _exponent(w, weight_bits, stochastic, generator))
 
 
 def q_weight(latent: torch.Tensor, weight_bits: int = 5, stochastic: bool = False,
@@ -67,6 +71,4 @@ def q_weight(latent: torch.Tensor, weight_bits: int = 5, stochastic: bool = Fals
 
 def shift_sign_from_weight(w: torch.Tensor, weight_bits: int = 5) -> Tuple[torch.Tensor, torch.Tensor]:
     """(p, s) with p = round(log2|w|) clamped to the range and s = sign(w), to initialise PS layers."""
-    p_min, p_max = shift_range(weight_bits)
-    p = torch.round(torch.log2(w.abs().clamp_min(torch.finfo(w.dtype).tiny))).clamp(p_min, p_max)
-    return p, torch.sign(w)
+    return _exponent(w, weight_bits), torch.sign(w)
