@@ -151,7 +151,7 @@ class _GradQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, spec, channel_dim):  # type: ignore[override]
         ctx.spec, ctx.channel_dim = spec, channel_dim
-        return x.view_as(x)
+        return x.clone()  # not a view: the next layer may modify it in place (e.g. ReLU(inplace=True))
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]

@@ -52,6 +52,15 @@ class TrainConfig:
     bn_recalibration: Optional[int] = None  # images used to re-estimate BatchNorm statistics before each
     # evaluation; None: 1024 when the model has adder layers, else 0 (off)
     label_smoothing: float = 0.0
+    # compression (shiftadd.train.compress): fixed point, pruning, freezing, fine-tuning
+    quant: Optional[str] = None  # fixed-point QAT preset: fix32, fix16, fix8 (n-bit forward, 8-bit backward), fixN
+    quant_types: List[str] = field(default_factory=lambda: ["adder", "shift", "conv", "linear"])
+    init_from: Optional[str] = None  # start from the weights (and pruning masks) of this run
+    prune: Optional[float] = None  # prune this fraction of the weights before training
+    prune_method: str = "magnitude"  # magnitude | random
+    prune_scope: str = "global"  # global (one threshold per layer type) | layer
+    prune_types: List[str] = field(default_factory=lambda: ["adder", "shift"])
+    freeze: List[str] = field(default_factory=list)  # "sign" and/or "shift" of bit-shift layers (DeepShift)
     grad_clip: Optional[float] = None
     max_loss: float = 1e4  # a loss above this (or NaN/inf) stops training
     # run
@@ -114,12 +123,36 @@ class TrainConfig:
             raise UserError(f"workers must be >= 0, got {self.workers}")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"threads must be >= 1, got {self.threads}")
+        self._validate_compression()
         if not isinstance(self.model_options, dict):
             raise UserError("model_options must be a mapping of option names to values")
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda", "mps") or dev.startswith("cuda:")):
             raise UserError(f"unknown device {dev!r}; use auto, cpu, cuda or cuda:N")
         return self
+
+    def _validate_compression(self) -> None:
+        from shiftadd.prune import METHODS, SCOPES
+        from shiftadd.quant import KINDS, preset
+
+        if self.quant is not None:
+            try:
+                preset(self.quant)
+            except ValueError as exc:
+                raise UserError(f"quant: {exc}") from None
+        if self.prune is not None and not 0 <= self.prune < 1:
+            raise UserError(f"prune is the fraction of weights to prune, in [0, 1); got {self.prune}")
+        if self.prune_method not in METHODS:
+            raise UserError(f"unknown prune_method {self.prune_method!r}; choose one of: {', '.join(METHODS)}")
+        if self.prune_scope not in SCOPES:
+            raise UserError(f"unknown prune_scope {self.prune_scope!r}; choose one of: {', '.join(SCOPES)}")
+        for name in ("quant_types", "prune_types"):
+            bad = [k for k in getattr(self, name) if k not in KINDS]
+            if bad or not getattr(self, name):
+                raise UserError(f"{name} must list layer types from {', '.join(KINDS)}; got {getattr(self, name)}")
+        bad = [k for k in self.freeze if k not in ("sign", "shift")]
+        if bad:
+            raise UserError(f"freeze takes 'sign' and/or 'shift', got {bad[0]!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-serialisable dict of every field."""
@@ -181,6 +214,12 @@ def _coerce(name: str, value: Any) -> Any:
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             raise UserError(f"{name} must be a list of numbers, got {value!r}")
         return [float(v) for v in value]
+    if base.startswith("List[str]"):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"{name} must be a list of names, got {value!r}")
+        return list(value)
     if base.startswith("Dict"):
         if not isinstance(value, Mapping):
             raise UserError(f"{name} must be a mapping, got {value!r}")

@@ -407,6 +407,15 @@ def _train(config: TrainConfig, out: Optional[str], saved: Optional[ckpt.Checkpo
         model, model_opts = build_model(mb["name"], mb["op"], mb["num_classes"], mb["options"])
     else:
         model, model_opts = build_model(config.model, config.op, num_classes, config.model_options, channels, size)
+    from shiftadd.train.compress import after_step, prepare_model
+
+    if saved is not None:
+        compression = prepare_model(model, config, saved.model_state, new_run=False)
+    elif config.init_from:
+        start = ckpt.load_checkpoint(config.init_from)
+        compression = prepare_model(model, config, start.model_state, what=f"the run in {config.init_from}")
+    else:
+        compression = prepare_model(model, config)
     model.to(device)
     params = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(config, model)
@@ -429,7 +438,6 @@ def _train(config: TrainConfig, out: Optional[str], saved: Optional[ckpt.Checkpo
     start_epoch = 0
     if saved is not None:
         try:
-            model.load_state_dict(saved.model_state)
             if saved.optimizer_state is not None:
                 optimizer.load_state_dict(saved.optimizer_state)
         except (RuntimeError, ValueError, KeyError) as exc:
@@ -467,10 +475,24 @@ def _train(config: TrainConfig, out: Optional[str], saved: Optional[ckpt.Checkpo
             f"{len(test_ds.labels)} test images, {params:,} parameters, recipe {config.recipe}, "
             f"{config.epochs} epochs, batch {config.batch_size}"
             + (f", {info.world_size} processes" if info.enabled else "") + f", device {device}")
+        if config.init_from:
+            say(f"starting from the weights of {config.init_from}")
+        if compression["pruned"] is not None:
+            by_kind = compression["pruned"]["by_kind"]
+            say("pruned (" + config.prune_method + "): " + ", ".join(
+                f"{k} layers {100 * v['sparsity']:.1f}% zero" for k, v in by_kind.items()))
+        if compression["quantized"]:
+            say(f"fixed-point training {config.quant} on {compression['quantized']} layers "
+                f"({', '.join(config.quant_types)})")
+        if compression["frozen"]:
+            say(f"frozen: {' and '.join(config.freeze)} of the bit-shift layers")
 
     from shiftadd.optim import scale_adder_gradients
 
     eta = config.adaptive_eta or None
+    from shiftadd.prune import get_mask
+
+    masked = any(get_mask(m) is not None for m in raw_model.modules())
     min_batch = max(2, info.world_size)
     steps_per_epoch = len(train_loader)
     run_start, steps_done = time.time(), 0
@@ -529,6 +551,8 @@ def _train(config: TrainConfig, out: Optional[str], saved: Optional[ckpt.Checkpo
                     f"training diverged at epoch {epoch + 1}, step {step + 1}: loss = {batch_loss:.4g}; {kept}. "
                     "Try a lower --lr or a gradient clip (grad_clip).")
             optimizer.step()
+            if masked:
+                after_step(raw_model)  # pruned weights stay exactly zero
             stats += step_stats
             steps_done += 1
             if bar is not None:
@@ -583,10 +607,12 @@ def _train(config: TrainConfig, out: Optional[str], saved: Optional[ckpt.Checkpo
 
 def evaluate_checkpoint(path: str, data_dir: Optional[str] = None, device: str = "auto",
                         batch_size: Optional[int] = None, data=None,
-                        test_subset: Optional[int] = None) -> Dict[str, Any]:
+                        test_subset: Optional[int] = None, prune: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Rebuild the model saved in ``path`` and evaluate it on its data set's test split.
 
-    ``test_subset`` overrides the run's test subset (0: the whole test split).
+    ``test_subset`` overrides the run's test subset (0: the whole test split). ``prune`` (keyword
+    arguments of :func:`shiftadd.prune.prune`) prunes the model first; the result then has its
+    ``"sparsity"`` report.
     """
     saved = ckpt.load_checkpoint(path)
     config = config_from_dict(saved.meta["config"])
@@ -604,10 +630,17 @@ def evaluate_checkpoint(path: str, data_dir: Optional[str] = None, device: str =
         model, _ = build_model(mb["name"], mb["op"], mb["num_classes"], mb["options"])
     else:
         model, _ = build_model(config.model, config.op, num_classes, config.model_options, channels, size)
-    try:
-        model.load_state_dict(saved.model_state)
-    except (RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint does not match the model: {str(exc).splitlines()[0]}") from None
+    from shiftadd.train.compress import prepare_model
+
+    prepare_model(model, config, saved.model_state, new_run=False)
+    report = None
+    if prune is not None:
+        from shiftadd.prune import prune as prune_model
+
+        try:
+            report = prune_model(model, seed=config.seed, **prune)
+        except ValueError as exc:
+            raise UserError(f"cannot prune: {exc}") from None
     model.to(dev)
     from shiftadd.data import BatchLoader
 
@@ -615,4 +648,6 @@ def evaluate_checkpoint(path: str, data_dir: Optional[str] = None, device: str =
                          seed=config.seed)
     res = evaluate(model, loader, dev)
     res.update({"epoch": saved.epoch, "model": config.model, "op": config.op, "dataset": config.dataset})
+    if report is not None:
+        res["sparsity"] = report
     return res

@@ -1,0 +1,81 @@
+"""Fixed-point training, pruning, freezing and fine-tuning inside ``shiftadd train``.
+
+The configuration fields ``quant``, ``quant_types``, ``prune``/``prune_*``, ``freeze`` and
+``init_from`` (see :class:`~shiftadd.train.config.TrainConfig`) act on the freshly built model in a
+fixed order, the same for a new run, a resumed run and ``shiftadd eval``:
+
+1. pruning masks found in the state to load are attached (:func:`shiftadd.prune.restore_masks`),
+   then the state is loaded — a fine-tuning start point (``init_from``) or a checkpoint;
+2. ``freeze`` (DeepShift: sign and/or shift of bit-shift layers stop learning), and only for a new
+   run ``prune`` (magnitude or random pruning to the target ratio; masks already there stay);
+3. ``quant``: fixed-point quantisers (QAT) on the selected layer types (they add no state).
+
+During training the trainer calls :func:`after_step` after every optimizer step so pruned
+parameters stay exactly zero.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+import torch.nn as nn
+
+from shiftadd.errors import CheckpointError, UserError
+
+#: Settings a fine-tuning run (``init_from``) takes from the run it starts from unless given.
+INHERITED = ("model", "op", "model_options", "dataset", "data_dir", "subset", "test_subset", "augment",
+             "batch_size", "test_batch_size", "recipe", "optimizer", "momentum", "nesterov", "weight_decay",
+             "adaptive_eta", "shift_param_groups", "shift_lr", "bn_recalibration", "seed", "quant", "quant_types",
+             "freeze")
+
+
+def inherited_settings(run: str) -> Dict[str, Any]:
+    """The :data:`INHERITED` settings of the run saved in ``run`` (a fine-tuning run's defaults)."""
+    from shiftadd.train.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(run).meta["config"]
+    return {k: saved[k] for k in INHERITED if k in saved}
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Attach the pruning masks of ``state`` to ``model``, then load ``state`` (strict)."""
+    from shiftadd.prune import restore_masks
+
+    try:
+        restore_masks(model, state)
+        model.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{what} does not match the model: {str(exc).splitlines()[0]}") from None
+
+
+def prepare_model(model: nn.Module, config: Any, state: Optional[Mapping[str, torch.Tensor]] = None,
+                  new_run: bool = True, what: str = "checkpoint") -> Dict[str, Any]:
+    """Load ``state`` (with its masks) and apply ``config``'s freeze/prune (new runs) and quantisers.
+
+    Returns a summary ``{"pruned": sparsity report or None, "quantized": number of quantised layers,
+    "frozen": number of frozen parameters}``.
+    """
+    from shiftadd import prune as P
+    from shiftadd import quant as Q
+
+    if state is not None:
+        load_state(model, state, what)
+    summary: Dict[str, Any] = {"pruned": None, "quantized": 0, "frozen": 0}
+    try:
+        if config.freeze:
+            summary["frozen"] = Q.freeze(model, sign="sign" in config.freeze, shift="shift" in config.freeze)
+        if new_run and config.prune:
+            summary["pruned"] = P.prune(model, config.prune, method=config.prune_method, scope=config.prune_scope,
+                                        layer_types=config.prune_types, seed=config.seed)
+        if config.quant:
+            summary["quantized"] = len(Q.quantize_model(model, config.quant, layer_types=config.quant_types))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return summary
+
+
+def after_step(model: nn.Module) -> None:
+    """Keep pruned parameters at exactly zero (momentum and weight decay would move them)."""
+    from shiftadd.prune import apply_masks
+
+    apply_masks(model)
