@@ -334,6 +334,203 @@ def test_saving_and_grad_format():
     assert any("fix8" in e for e in evaluate(sa, "fpga", "fix8").estimates_used())
 
 
+# ---------------------------------------------------------------- spatial shifts
+
+def _spatial_shift_layers():
+    from shiftadd.nn import (ActiveShift2d, AddressShift, ChannelShift, SparseShift2d, SpatialShift1d,
+                             SpatialShift2d)
+
+    torch.manual_seed(0)
+    return [SpatialShift2d(8), SpatialShift2d(8, stride=2), SpatialShift1d(8, kernel_size=5),
+            ActiveShift2d(8), ActiveShift2d(8, stride=2), SparseShift2d(8, init_range=2.0),
+            ChannelShift(3), AddressShift(return_groups=True), AddressShift()]
+
+
+@pytest.mark.parametrize("layer", _spatial_shift_layers(), ids=lambda m: repr(m).replace(" ", ""))
+def test_spatial_shift_counts_its_op_counts(layer):
+    shape = (1, 8, 6) if layer.__class__.__name__.endswith("1d") else (1, 8, 6, 6)
+    c, recs = layer_counts(layer, (3,) + shape[1:])
+    assert [r.kind for r in recs] == ["spatial_shift"]
+    own = layer.op_counts(shape)
+    fwd = {op: n for op, n in {"move": own["moves"], "mult": own["mults"], "add": own["adds"]}.items() if n}
+    assert phase(recs, "forward") == fwd and fwd["move"] > 0
+    assert phase(recs, "grad_input") == fwd  # the adjoint (opposite) shift moves as much
+    shift = getattr(layer, "shift", None)
+    if isinstance(shift, nn.Parameter):  # d/dshift: every corner map read, times g, summed
+        n = 2 ** shift.shape[1] * recs[0].output_numel
+        assert phase(recs, "grad_weight") == {"move": n, "mult": n, "add": n}
+        assert recs[0].params == shift.numel()
+    else:
+        assert phase(recs, "grad_weight") == {}
+    assert all("(Lead)" in u for u in c.uncounted)  # nothing of the shift is left uncounted
+    # moves are data movement: priced per bit at the memory level, not as compute
+    t = load_table("asic")
+    p = evaluate(c, t, "fp32", memory="sram")
+    shift_energy = next(layer for layer in p.layers if layer.kind == "spatial_shift")
+    assert shift_energy.memory_pj == pytest.approx(3 * fwd["move"] * 32 * t.memory_pj_per_bit("sram"))
+    assert shift_energy.compute_pj == pytest.approx(3 * sum(n * t.energy(op, "fp32") for op, n in fwd.items()
+                                                            if op != "move"))
+    assert evaluate(c, t, "fp32", memory=None).memory_pj == 0
+    step = evaluate(c, t, "fp32", training=True, memory="sram")
+    moved = phase(recs, "grad_input")["move"] + phase(recs, "grad_weight").get("move", 0)
+    assert step.memory_pj == pytest.approx(p.memory_pj + 3 * moved * 32 * t.memory_pj_per_bit("sram"))
+
+
+def test_shiftresnet20_counts_shifts_as_moves_and_exact_macs():
+    from shiftadd.models import create
+
+    model = create("shiftresnet20", op="conv", expansion=3)
+    c = count_ops(model, (1, 3, 32, 32))
+    assert c.uncounted == []
+    shifts = [r for r in c.layers if r.kind == "spatial_shift"]
+    assert len(shifts) == 9
+    assert all(r.phase_counts("forward").keys() == {"move"} for r in shifts)
+    # stem, then per CSC block (in, planes, stride, input size): 1x1 conv (x3) -> shift -> 1x1 conv (stride)
+    macs = 3 * 16 * 9 * 32 * 32
+    moves = 0
+    blocks = [(16, 16, 1, 32)] * 3 + [(16, 32, 2, 32)] + [(32, 32, 1, 16)] * 2 + [(32, 64, 2, 16)] \
+        + [(64, 64, 1, 8)] * 2
+    for cin, planes, stride, hw in blocks:
+        mid, out = 3 * planes, hw // stride
+        macs += cin * mid * hw * hw + mid * planes * out * out
+        if stride != 1 or cin != planes:
+            macs += cin * planes * out * out  # 1x1 projection shortcut
+        moves += mid * hw * hw  # the grouped shift writes every element once
+    macs += 64 * 10
+    assert c.macs() == macs == 16_433_792  # (docs/energy.md)
+    assert sum(r.phase_counts("forward")["move"] for r in shifts) == moves == 368_640
+    assert c.totals(("forward",)).get("move") == moves
+
+
+@pytest.mark.parametrize("name, options", [("fe_net", {}), ("addressnet20", {}),
+                                           ("shiftresnet20", {"shift": "active"}),
+                                           ("shiftresnet20", {"shift": "sparse", "op": "shiftadd"})])
+def test_shift_networks_have_no_uncounted_entries(name, options):
+    from shiftadd.models import create
+
+    model = create(name, **options)
+    c = count_ops(model, (1, 3, 32, 32))
+    assert c.uncounted == []
+    shifts = [r for r in c.layers if r.kind == "spatial_shift"]
+    assert shifts and all(r.phase_counts("forward")["move"] > 0 for r in shifts)
+    assert c.params == sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- quantisers and pruning masks
+
+def _by_name(c, kinds=("conv", "linear", "adder", "shift")):
+    return {r.name: r for r in c.layers if r.kind in kinds}
+
+
+def test_quantized_model_counts_quantisers_per_phase():
+    from shiftadd.models import create
+    from shiftadd.quant import quantize_model
+
+    model = create("resnet8", op="shiftadd")
+    plain = count_ops(model, (1, 3, 32, 32))
+    quantize_model(model, "fix8")  # 8-bit pow2 forward, 8-bit stochastic backward, ranges at run time
+    c = count_ops(model, (1, 3, 32, 32))
+    assert c.uncounted == []
+    assert [r.name for r in c.layers] == [r.name for r in plain.layers]  # the transforms are no layers
+    before, after = _by_name(plain), _by_name(c)
+
+    def q(n):  # scale by 2^-f (a shift), round (add), clamp (2 cmp), range max|x| (abs + cmp)
+        return {"shift": n, "add": n, "cmp": 3 * n, "abs": n}
+
+    for name, r in after.items():
+        ref = before[name]
+        for ph in ("forward", "grad_input", "grad_weight", "update"):
+            assert r.roles(ph).get("main") == ref.roles(ph).get("main")  # the layer's own work is unchanged
+        n_in, n_out = r.input_numel, r.output_numel
+        assert r.roles("forward")["quant_act"] == q(n_in)
+        assert r.roles("grad_input")["quant_grad_output"] == q(n_out)
+        if name != "conv1":  # the first layer's input needs no gradient
+            assert r.roles("grad_input")["quant_act"] == {"cmp": n_in}
+        layer = model.get_submodule(name)
+        if r.kind == "shift":  # its own weight_bits govern: no weight quantiser; shift and sign gradients
+            assert "quant_weight" not in r.roles("update") and r.weight_bits == layer.weight_bits
+            assert r.roles("update")["quant_weight_grad"] == q(2 * layer.weight.numel())
+        else:
+            k = layer.weight.numel()
+            w = q(k)
+            assert r.roles("update")["quant_weight"] == {**w, "cmp": w["cmp"] + k}  # + straight-through mask
+            assert r.roles("update")["quant_weight_grad"] == q(k)
+            assert r.weight_bits == 8
+    # inference pays for the input quantisers only; the stored weights are already quantised
+    extra = {}
+    for r in after.values():
+        for op, n in r.roles("forward")["quant_act"].items():
+            extra[op] = extra.get(op, 0) + n
+    assert c.totals(("forward",)) == {op: plain.totals(("forward",)).get(op, 0) + extra.get(op, 0)
+                                      for op in set(extra) | set(plain.totals(("forward",)))}
+    p = evaluate(c, "asic", "fix8", training=True)
+    roles = p.role_energy_pj()
+    assert {"quant_act", "quant_grad_output", "quant_weight", "quant_weight_grad"} <= set(roles)
+    assert sum(roles.values()) == pytest.approx(p.compute_pj)
+
+
+def test_quantiser_scale_and_fixed_range():
+    from shiftadd.quant import QuantConfig, TensorQuant, quantize_model
+
+    conv = nn.Conv2d(4, 6, 3, padding=1, bias=False)
+    model = nn.Sequential(Lead(), conv)
+    cfg = QuantConfig(weight=TensorQuant(6, scale="free"), activation=TensorQuant(8, frac_bits=4))
+    quantize_model(model, cfg)
+    c = count_ops(model, (2, 4, 5, 5), optimizer=None)
+    r = c.layer("1")
+    n, k = 4 * 25, conv.weight.numel()
+    assert r.roles("forward")["quant_act"] == {"shift": n, "add": n, "cmp": 2 * n}  # fixed Q4.4: no range
+    assert r.roles("update")["quant_weight"] == {"mult": k, "add": k, "cmp": 4 * k, "abs": k}  # free scale
+    assert "quant_grad_output" not in r.roles("grad_input") and "quant_weight_grad" not in r.roles("update")
+    assert r.weight_bits == 6
+    conv.weight.requires_grad_(False)  # frozen weights are quantised once, not every step
+    assert "quant_weight" not in count_ops(model, (2, 4, 5, 5), optimizer=None).layer("1").roles("update")
+
+
+def test_shared_scale_quantiser_counted():
+    from shiftadd.models import create
+    from shiftadd.quant import shared_scale
+
+    model = create("resnet8", op="adder")
+    shared_scale(model, 8, [torch.randn(2, 3, 32, 32)])  # free scale, calibrated input range
+    c = count_ops(model, (1, 3, 32, 32))
+    assert c.uncounted == []
+    adders = [r for r in c.layers if r.kind == "adder"]
+    assert adders
+    for r in adders:
+        n, k = r.input_numel, r.weight_elems
+        assert r.roles("forward")["quant_act"] == {"mult": n, "add": n, "cmp": 2 * n}
+        assert r.roles("update")["quant_weight"] == {"mult": k, "add": k, "cmp": 4 * k, "abs": k}
+        assert r.weight_bits == 8
+
+
+def test_pruning_masks_shift_counts_drop_adder_counts_stay():
+    from shiftadd.models import create
+    from shiftadd.prune import PruningMask, prune
+    from shiftadd.quant.hooks import attach
+
+    model = create("resnet20", op="shiftadd")
+    dense = count_ops(model, (1, 3, 32, 32))
+    prune(model, 0.5)
+    c = count_ops(model, (1, 3, 32, 32))
+    assert c.uncounted == []
+
+    def kind_total(counts, kind):
+        return phase([r for r in counts.layers if r.kind == kind], "forward")
+
+    assert kind_total(c, "adder") == kind_total(dense, "adder")  # a pruned adder weight still costs |x - 0|
+    ratio = kind_total(c, "shift")["shift"] / kind_total(dense, "shift")["shift"]
+    assert 0.45 < ratio < 0.55  # a pruned shift weight costs nothing
+    assert kind_total(c, "shift")["shift"] == kind_total(c, "shift")["add"]
+    # the mask counts even before the stored weights were zeroed
+    layer = ShiftConv2d(4, 4, 3, padding=1)
+    mask = torch.ones_like(layer.sign, dtype=torch.bool)
+    mask.view(-1)[::2] = False
+    attach(layer, "pruning", PruningMask(mask))
+    _, recs = layer_counts(layer, (1, 4, 6, 6))
+    assert phase(recs, "forward")["shift"] == int(mask.sum()) * 36
+
+
 # ---------------------------------------------------------------- CLI
 
 @pytest.fixture
@@ -358,6 +555,13 @@ def test_cli_table_json_plot(main, tmp_path, capsys):
     assert main(["energy", "--model", "resnet8", "--all-ops", "--platform", "asic", "--format", "fix8"]) == 0
     out = capsys.readouterr().out
     assert all(op in out for op in shiftadd.nn.OPS)
+
+
+def test_cli_shift_network(main, capsys):
+    assert main(["energy", "--model", "shiftresnet20", "--op", "conv", "--platform", "asic", "--format", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "layer1.0.shift" in out and "spatial_shift" in out and " move " in out
+    assert "not counted" not in out
 
 
 @pytest.mark.parametrize("argv, msg", [

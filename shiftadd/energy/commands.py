@@ -19,6 +19,7 @@ from shiftadd.errors import UserError
 #: Input shape (without the batch) of the zoo's architectures.
 DEFAULT_INPUT_SHAPES = {
     "resnet": (3, 32, 32), "vgg": (3, 32, 32), "mnist": (1, 28, 28), "lenet": (1, 28, 28), "har": (6, 128),
+    "shiftresnet": (3, 32, 32), "fe_net": (3, 32, 32), "addressnet": (3, 32, 32),
 }
 
 

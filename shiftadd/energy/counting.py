@@ -3,8 +3,10 @@
 One forward pass of a batch of one sample is run with hooks:
 
 * module hooks count the layers whose arithmetic is known from their attributes
-  (``nn.Conv*``/``nn.Linear``, adder, bit-shift and shift-add layers, BatchNorm, ReLU-like
-  activations, pooling, dropout);
+  (``nn.Conv*``/``nn.Linear``, adder, bit-shift and shift-add layers, spatial shifts,
+  BatchNorm, ReLU-like activations, pooling, dropout); calls made inside such a layer
+  (its own torch functions, the quantisers and pruning masks attached by shiftadd.quant /
+  shiftadd.prune) are part of its count, never counted again;
 * a ``TorchFunctionMode`` counts the functional calls made *outside* those layers (the
   residual ``out + shortcut``, ``F.relu``, ``F.adaptive_avg_pool2d``, ``F.conv2d`` /
   ``F.linear`` / ``matmul`` in user modules, ...); calls it cannot price are listed in
@@ -27,7 +29,22 @@ shift-add      its shift layer + its adder layer
 With ``grad_mode="sign"`` the adder's gradient products become sign tests (2T add + T cmp
 per gradient). Full rules: docs/energy.md.
 
-A pruned (zero) adder weight still costs |x - 0|; a zero shift weight costs nothing. Bias:
+Spatial shifts (``shiftadd.nn.SPATIAL_SHIFT_TYPES``, kind "spatial_shift") cost what their
+``op_counts`` say: "moves" become the op ``move`` (one element read or written, priced as data
+movement at the memory level, see :data:`MEMORY_OPS`), plus the interpolation mults/adds of
+active shift. Input gradient: the opposite shift, the same counts. Shift gradient of active and
+sparse shifts (ASL Eq. 4): 2^dim corner maps read, multiplied by g and summed, i.e. 2^dim
+(move + mult + add) per output element. Per-channel work (rounding the shifts, interpolation
+weights, gradient normalisation, the L1 penalty) is not counted.
+
+Quantisers of shiftadd.quant (roles :data:`QUANT_ROLES`): quantising n elements costs n
+(shift for a power-of-two scale, else mult) + n add (round) + 2n cmp (clamp), plus n abs + n cmp
+when the range max|x| is found at run time. The input is quantised every pass (forward; 1 cmp per
+element for the straight-through backward), the output error per sample (grad_input phase), the
+weight and the weight gradient once per training step ("update"); a quantised weight is stored at
+the quantiser's bits. A pruning mask costs nothing (it selects stored zeros).
+
+A pruned (zero) adder weight still costs |x - 0|; a zero (or masked) shift weight costs nothing. Bias:
 one add per output element. The sign of a shift weight and the minus of the adder output
 are folded into the accumulation (an add becomes a subtract) and cost nothing extra.
 
@@ -59,6 +76,14 @@ TRAINING_PHASES = ("train_forward", "grad_input", "grad_weight", "update")
 
 #: Kinds of layer records.
 WEIGHT_KINDS = ("conv", "linear", "matmul", "adder", "shift")
+
+#: Counted operations that are data movement: one element read or written at the memory level of
+#: the data-movement estimate (priced per bit, not by the operation table).
+MEMORY_OPS = ("move",)
+
+#: Role of each quantised tensor of a layer (see :func:`_count_quantisers`).
+QUANT_ROLES = {"activation": "quant_act", "weight": "quant_weight", "grad_output": "quant_grad_output",
+               "weight_grad": "quant_weight_grad"}
 
 #: Per-parameter work of one optimizer step (mult, add): SGD with momentum and weight
 #: decay (g += wd*w; v = m*v + g; w -= lr*v) and Adam (two moment updates, bias-corrected step).
@@ -181,13 +206,14 @@ class OpCounts:
 
 # --------------------------------------------------------------------------- helpers
 
-def _core_types() -> Tuple[tuple, tuple, tuple]:
-    """(ADDER_TYPES, SHIFT_TYPES, SHIFTADD_TYPES) from shiftadd.nn (empty tuples if unavailable)."""
+def _core_types() -> Tuple[tuple, tuple, tuple, tuple]:
+    """(ADDER_TYPES, SHIFT_TYPES, SHIFTADD_TYPES, SPATIAL_SHIFT_TYPES) from shiftadd.nn (empty tuples
+    if unavailable)."""
     try:
-        from shiftadd.nn import ADDER_TYPES, SHIFT_TYPES, SHIFTADD_TYPES
+        from shiftadd.nn import ADDER_TYPES, SHIFT_TYPES, SHIFTADD_TYPES, SPATIAL_SHIFT_TYPES
     except ImportError:  # pragma: no cover - the core package always ships them
-        return (), (), ()
-    return tuple(ADDER_TYPES), tuple(SHIFT_TYPES), tuple(SHIFTADD_TYPES)
+        return (), (), (), ()
+    return tuple(ADDER_TYPES), tuple(SHIFT_TYPES), tuple(SHIFTADD_TYPES), tuple(SPATIAL_SHIFT_TYPES)
 
 
 def _out_channels(m: nn.Module) -> int:
@@ -371,6 +397,120 @@ def _count_pool(rec: LayerOps, is_max: bool, window: int, out_numel: int, input_
             rec.add("grad_input", "main", mult=out_numel)
 
 
+def _spatial_shift_ops(m: nn.Module, inputs: Sequence[torch.Tensor]) -> Counts:
+    """The spatial-shift module's own ``op_counts`` for this call, as counting ops.
+
+    Counting runs a batch of one sample, so these are per-sample counts. ``ShortcutShift``
+    takes the shapes of all its parts, the other modules the shape of their input.
+    """
+    from shiftadd.nn.spatial_shift import ShortcutShift
+
+    shapes = [tuple(t.shape) for t in inputs]
+    c = m.op_counts(shapes) if isinstance(m, ShortcutShift) else m.op_counts(shapes[0])
+    return {"move": c.get("moves", 0), "mult": c.get("mults", 0), "add": c.get("adds", 0)}
+
+
+def _count_spatial_shift(rec: LayerOps, m: nn.Module, ops: Counts, out_numel: int, input_grad: bool) -> None:
+    """Spatial shift: element moves (data movement) plus the interpolation arithmetic of active shift."""
+    rec.add("forward", "main", **ops)
+    if input_grad:  # the adjoint: the opposite shift (active shift: the weighted opposite shifts), same counts
+        rec.add("grad_input", "main", **ops)
+    shift = getattr(m, "shift", None)  # the real-valued shifts of active and sparse shift layers
+    if isinstance(shift, nn.Parameter) and shift.requires_grad:
+        # ASL Eq. 4 (also sparse shift's backward): each of the 2^dim corner maps read, times g, summed
+        n = 2 ** shift.shape[1] * out_numel
+        rec.add("grad_weight", "main", move=n, mult=n, add=n)
+
+
+def _effective_shift_weight(m: nn.Module) -> torch.Tensor:
+    """A bit-shift layer's weight as its forward pass uses it (the pruning mask applied)."""
+    from shiftadd.prune import get_mask
+
+    with torch.no_grad():
+        w = m.weight.detach()
+    mask = get_mask(m)
+    return w if mask is None else w.masked_fill(~mask.to(w.device), 0)
+
+
+def _quantised_tensors(t: nn.Module) -> List[Tuple[str, Any, bool]]:
+    """(tensor kind, TensorQuant, range found at run time?) of each tensor that transform ``t`` quantises.
+
+    A LayerQuantizer quantises the tensors of its config (not the weight of a bit-shift layer,
+    whose own ``weight_bits`` govern); a SharedScaleQuantizer the input (calibrated range) and
+    the weight (range max|w|). Other transforms (pruning masks) quantise nothing.
+    """
+    from shiftadd.quant.qat import LayerQuantizer
+    from shiftadd.quant.shared import SharedScaleQuantizer
+
+    if isinstance(t, LayerQuantizer):
+        specs = {k: getattr(t.config, k) for k in QUANT_ROLES}
+        if not t._quantizes_weight():
+            specs["weight"] = None
+        return [(k, spec, spec.frac_bits is None) for k, spec in specs.items() if spec is not None]
+    if isinstance(t, SharedScaleQuantizer):
+        return [("activation", t.spec, False), ("weight", t.spec, True)]
+    return []
+
+
+def _layer_transforms(m: nn.Module) -> List[nn.Module]:
+    """The transforms (quantisers, pruning masks) attached to layer ``m`` by shiftadd.quant / shiftadd.prune."""
+    from shiftadd.quant.hooks import transforms
+
+    return transforms(m)
+
+
+def _quantised_weight_bits(m: nn.Module) -> Optional[int]:
+    """Storage bits of a weight that an attached quantiser rounds to a fixed-point format (None: none does)."""
+    for t in _layer_transforms(m):
+        for tensor, spec, _ in _quantised_tensors(t):
+            if tensor == "weight":
+                return int(spec.bits)
+    return None
+
+
+def _quantiser_ops(spec: Any, n: int, runtime_range: bool) -> Counts:
+    """Quantising ``n`` elements to ``spec``, q = clamp(round(x / s), qmin, qmax).
+
+    Per element: the scaling (a shift for a power-of-two scale, else a mult), the rounding (an
+    add) and the clamp (2 cmp); a range found at run time (max|x|) adds 1 abs + 1 cmp. The
+    rescaling q * s is folded into the next layer's scale (BatchNorm) and not counted.
+    """
+    ops = {"shift" if spec.scale == "pow2" else "mult": n, "add": n, "cmp": 2 * n}
+    if runtime_range:
+        ops["abs"] = n
+        ops["cmp"] += n
+    return ops
+
+
+def _count_quantisers(rec: LayerOps, m: nn.Module, in_numel: int, out_numel: int, input_grad: bool,
+                      output_grad: bool) -> None:
+    """The quantisers attached to layer ``m`` (roles :data:`QUANT_ROLES`).
+
+    Input: every element of every pass (inference too), straight-through backward (1 cmp).
+    Output error: every element, in the input-gradient phase. Weight and weight gradient: once
+    per training step (the weights change once per step; stored quantised for inference).
+    """
+    from shiftadd.quant.hooks import weight_param_names
+
+    weights = [m._parameters[n] for n in weight_param_names(m) if m._parameters.get(n) is not None]
+    k = sum(p.numel() for p in weights)
+    trainable = any(p.requires_grad for p in weights)
+    for t in _layer_transforms(m):
+        for tensor, spec, runtime_range in _quantised_tensors(t):
+            role = QUANT_ROLES[tensor]
+            if tensor == "activation":
+                rec.add("forward", role, **_quantiser_ops(spec, in_numel, runtime_range))
+                if input_grad:  # straight-through estimator, zero where clipped
+                    rec.add("grad_input", role, cmp=in_numel)
+            elif tensor == "grad_output":
+                if output_grad:
+                    rec.add("grad_input", role, **_quantiser_ops(spec, out_numel, runtime_range))
+            elif trainable:
+                rec.add("update", role, **_quantiser_ops(spec, k, runtime_range))
+                if tensor == "weight":  # straight-through estimator of the weight gradient
+                    rec.add("update", role, cmp=k)
+
+
 # --------------------------------------------------------------------------- recorder
 
 class _Recorder(TorchFunctionMode):
@@ -378,7 +518,7 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.model = model
         self.names = {m: n for n, m in model.named_modules()}
-        self.adder_types, self.shift_types, self.shiftadd_types = _core_types()
+        self.adder_types, self.shift_types, self.shiftadd_types, self.spatial_types = _core_types()
         self.layers: List[LayerOps] = []
         self.uncounted: Dict[str, int] = defaultdict(int)
         self.stack: List[nn.Module] = []
@@ -419,6 +559,8 @@ class _Recorder(TorchFunctionMode):
             return "adder"
         if self.shift_types and isinstance(m, self.shift_types):
             return "shift"
+        if self.spatial_types and isinstance(m, self.spatial_types):
+            return "spatial_shift"
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             return "conv"
         if isinstance(m, nn.Linear):
@@ -457,7 +599,8 @@ class _Recorder(TorchFunctionMode):
 
     def count_module(self, m: nn.Module, args: Any, out: Any) -> None:
         kind = m._energy_kind
-        x = _first_tensor(args if isinstance(args, (tuple, list)) else (args,))
+        args = args if isinstance(args, (tuple, list)) else (args,)
+        x = _first_tensor(args)
         in_numel = _numel(x)
         y = out if isinstance(out, torch.Tensor) else _first_tensor(out if isinstance(out, (tuple, list)) else ())
         out_numel = _numel(y)
@@ -486,8 +629,7 @@ class _Recorder(TorchFunctionMode):
             _count_adder(rec, m, terms, out_numel, input_grad)
         elif kind == "shift":
             rec.moves_data = True
-            with torch.no_grad():
-                w = m.weight.detach()
+            w = _effective_shift_weight(m)
             rec.weight_bits = int(getattr(m, "weight_bits", 0)) or None
             terms = out_numel * (w.numel() // _out_channels(m))
             _count_shift(rec, m, terms, w, out_numel, in_numel, input_grad)
@@ -508,6 +650,14 @@ class _Recorder(TorchFunctionMode):
             rec.add("train_forward", "main", mult=out_numel)
             if input_grad:
                 rec.add("grad_input", "main", mult=out_numel)
+        elif kind == "spatial_shift":
+            inputs = [a for a in args if isinstance(a, torch.Tensor)]
+            rec.input_numel, rec.output_numel = _numel(inputs), _numel(out)
+            _count_spatial_shift(rec, m, _spatial_shift_ops(m, inputs), rec.output_numel,
+                                 any(t.requires_grad for t in inputs))
+        if kind in WEIGHT_KINDS:
+            rec.weight_bits = rec.weight_bits or _quantised_weight_bits(m)
+            _count_quantisers(rec, m, in_numel, out_numel, input_grad, _needs_grad(y))
 
     # ---- functional calls outside counted layers
     def __torch_function__(self, func: Callable, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
@@ -658,7 +808,9 @@ def count_ops(model: nn.Module, input_shape: Sequence[int], optimizer: Optional[
             counted = kind is not None and kind != "container"
             m._energy_counted = counted  # type: ignore[attr-defined]
             m._energy_kind = kind  # type: ignore[attr-defined]
-            handles.append(m.register_forward_pre_hook(rec.pre_hook))
+            # first of the pre-hooks: the transforms of shiftadd.quant (quantisers, pruning masks) run
+            # inside the layer's count, not as functional calls of their own
+            handles.append(m.register_forward_pre_hook(rec.pre_hook, prepend=True))
             handles.append(m.register_forward_hook(rec.post_hook, always_call=True))
             stand_in = _surrogate(m, rec.adder_types)
             if stand_in is not None and "forward" not in m.__dict__:

@@ -13,7 +13,7 @@ _COLORS = {"mult": "#d62728", "add": "#1f77b4", "shift": "#2ca02c", "abs": "#946
            "memory": "#7f7f7f"}
 _GROUP_LABELS = {"norm": "all norm layers", "activation": "all activations", "pool": "all pooling",
                  "residual": "all residual adds", "elementwise": "other elementwise", "optimizer": "optimizer",
-                 "dropout": "all dropout", "other": "other"}
+                 "dropout": "all dropout", "spatial_shift": "all spatial shifts", "other": "other"}
 
 
 def _segments(p: EnergyProfile) -> "OrderedDict[str, Dict[str, float]]":

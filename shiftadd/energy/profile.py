@@ -5,9 +5,10 @@ one count serves many platforms and formats); :func:`training_energy` estimates 
 of a training run from the number of samples it saw.
 
 Data movement is reported apart from compute. Its model is deliberately simple: only the
-weight layers (conv, linear, adder, shift) touch memory, at one chosen level (``rf``,
-``sram`` or ``dram``); BatchNorm, activations, pooling and residual adds are assumed
-fused. Per inference of a batch of N: every weight is read once (a shift weight at its
+weight layers (conv, linear, adder, shift) and the counted element moves of spatial-shift
+layers (op ``move``: one element read or written, at the width of the phase's format) touch
+memory, at one chosen level (``rf``, ``sram`` or ``dram``); BatchNorm, activations, pooling
+and residual adds are assumed fused. Per inference of a batch of N: every weight is read once (a shift weight at its
 ``weight_bits``, others at the format's width) and every weight layer's input and output
 activations are read and written once per sample. Per training step: the forward's traffic,
 then in the backward the weights are read again, each saved input activation and each
@@ -25,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch.nn as nn
 
 from shiftadd.energy.costs import OPS, EnergyTable, load_table
-from shiftadd.energy.counting import LayerOps, OpCounts, count_ops
+from shiftadd.energy.counting import MEMORY_OPS, LayerOps, OpCounts, count_ops
 from shiftadd.errors import UserError
 
 MEMORY_LEVELS = ("rf", "sram", "dram")
@@ -111,7 +112,7 @@ class EnergyProfile:
         return dict(out)
 
     def role_energy_pj(self) -> Dict[str, float]:
-        """Compute energy by role (main, bias, act_quant, weight_quant, adaptive_lr, optimizer)."""
+        """Compute energy by role (main, bias, act_quant, weight_quant, quant_*, adaptive_lr, optimizer)."""
         out: Dict[str, float] = defaultdict(float)
         for layer in self.layers:
             for r, e in layer.by_role_pj.items():
@@ -130,7 +131,7 @@ class EnergyProfile:
         """The table entries marked as estimates that contributed to this profile."""
         used = set()
         for op, n in self.op_counts().items():
-            if n:
+            if n and op not in MEMORY_OPS:
                 for f in {self.fmt, self.grad_fmt} if self.training else {self.fmt}:
                     e = self.table.entry(op, f)
                     if e.estimate:
@@ -163,7 +164,13 @@ class EnergyProfile:
 # --------------------------------------------------------------------------- evaluation
 
 def _price(table: EnergyTable, counts: Dict[str, int], fmt: str, scale: float) -> Dict[str, float]:
-    return {op: n * scale * table.energy(op, fmt) for op, n in counts.items() if n}
+    """Compute energy (pJ) by operation; data-movement ops are priced by :func:`_moved_bits`."""
+    return {op: n * scale * table.energy(op, fmt) for op, n in counts.items() if n and op not in MEMORY_OPS}
+
+
+def _moved_bits(counts: Dict[str, int], bits: int, scale: float) -> int:
+    """Bits of the counted element moves (each one element read or written at ``bits``)."""
+    return int(sum(counts.get(op, 0) for op in MEMORY_OPS) * scale * bits)
 
 
 def _layer_memory_bits(layer: LayerOps, training: bool, batch: int, bits: int, grad_bits: int) -> int:
@@ -216,6 +223,7 @@ def evaluate(counts: OpCounts, platform: Union[str, EnergyTable] = "asic45nm", f
                 ("grad_weight", gfmt, batch), ("update", gfmt, 1))
         else:
             plan = (("forward", fmt, batch),)
+        mbits = _layer_memory_bits(layer, training, batch, bits, gbits)
         for phase, f, scale in plan:
             for role, ops in layer.roles(phase).items():
                 priced = _price(table, ops, f, scale)
@@ -224,7 +232,7 @@ def evaluate(counts: OpCounts, platform: Union[str, EnergyTable] = "asic45nm", f
                 for op, e in priced.items():
                     energy[op] += e
                     roles[role] += e
-        mbits = _layer_memory_bits(layer, training, batch, bits, gbits)
+                mbits += _moved_bits(ops, table.bits(f), scale)
         if not agg and not mbits and not layer.params:
             continue
         layers.append(LayerEnergy(layer.name, layer.kind, dict(agg), dict(energy), mbits * mem_pj_bit, mbits,
@@ -302,17 +310,23 @@ def training_energy(model: nn.Module, input_shape: Sequence[int], num_samples_se
     steps = math.ceil(samples / batch) if samples else 0
     per_sample = 0.0
     per_step = 0.0
+    bits, gbits = table.bits(f), table.bits(gf)
+    moved_per_sample = moved_per_step = 0
     for layer in counts.layers:
-        per_sample += sum(_price(table, layer.phase_counts("train_forward"), f, 1).values())
+        fwd = layer.phase_counts("train_forward")
+        per_sample += sum(_price(table, fwd, f, 1).values())
+        moved_per_sample += _moved_bits(fwd, bits, 1)
         for ph in ("grad_input", "grad_weight"):
             per_sample += sum(_price(table, layer.phase_counts(ph), gf, 1).values())
+            moved_per_sample += _moved_bits(layer.phase_counts(ph), gbits, 1)
         per_step += sum(_price(table, layer.phase_counts("update"), gf, 1).values())
+        moved_per_step += _moved_bits(layer.phase_counts("update"), gbits, 1)
     if memory is not None and str(memory).lower() in ("none", "off", ""):
         memory = None
     memory_pj = 0.0
     if memory is not None:
         pj_bit = table.memory_pj_per_bit(memory)
-        bits, gbits = table.bits(f), table.bits(gf)
+        memory_pj += (moved_per_step * steps + moved_per_sample * samples) * pj_bit
         for layer in counts.layers:
             per_step_bits = _layer_memory_bits(layer, True, 0, bits, gbits)  # weight traffic
             per_sample_bits = _layer_memory_bits(layer, True, 1, bits, gbits) - per_step_bits
