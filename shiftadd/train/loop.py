@@ -605,6 +605,24 @@ def _train(config: TrainConfig, out: Optional[str], saved: Optional[ckpt.Checkpo
                        {"model_options": model_opts, "world_size": info.world_size, "rank": info.rank})
 
 
+def load_trained_model(path: str, device: str = "cpu", data=None) -> Tuple[nn.Module, TrainConfig, ckpt.Checkpoint]:
+    """``(model, config, checkpoint)`` of the run saved in ``path``: the model rebuilt with its pruning
+    masks and quantisers, weights loaded, in eval mode on ``device``. ``data`` (train, test) is only
+    needed for checkpoints that predate the saved model description."""
+    from shiftadd.train.compress import prepare_model
+
+    saved = ckpt.load_checkpoint(path)
+    config = config_from_dict(saved.meta["config"])
+    mb = saved.meta.get("model_build") or {}
+    if mb:
+        model, _ = build_model(mb["name"], mb["op"], mb["num_classes"], mb["options"])
+    else:
+        num_classes, channels, size = dataset_shape((data or load_data(config))[0])
+        model, _ = build_model(config.model, config.op, num_classes, config.model_options, channels, size)
+    prepare_model(model, config, saved.model_state, new_run=False)
+    return model.to(resolve_device(device)).eval(), config, saved
+
+
 def evaluate_checkpoint(path: str, data_dir: Optional[str] = None, device: str = "auto",
                         batch_size: Optional[int] = None, data=None,
                         test_subset: Optional[int] = None, prune: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -614,25 +632,15 @@ def evaluate_checkpoint(path: str, data_dir: Optional[str] = None, device: str =
     arguments of :func:`shiftadd.prune.prune`) prunes the model first; the result then has its
     ``"sparsity"`` report.
     """
-    saved = ckpt.load_checkpoint(path)
-    config = config_from_dict(saved.meta["config"])
+    config = config_from_dict(ckpt.load_checkpoint(path).meta["config"])
     if data_dir is not None:
         config.data_dir = data_dir
     if test_subset is not None:
         config.test_subset = test_subset or None
-    dev = resolve_device(device)
-    mb = saved.meta.get("model_build") or {}
     if data is None:
         data = load_data(config)
-    train_ds, test_ds = data
-    num_classes, channels, size = dataset_shape(train_ds)
-    if mb:
-        model, _ = build_model(mb["name"], mb["op"], mb["num_classes"], mb["options"])
-    else:
-        model, _ = build_model(config.model, config.op, num_classes, config.model_options, channels, size)
-    from shiftadd.train.compress import prepare_model
-
-    prepare_model(model, config, saved.model_state, new_run=False)
+    model, _, saved = load_trained_model(path, device, data)
+    dev = next(model.parameters()).device
     report = None
     if prune is not None:
         from shiftadd.prune import prune as prune_model
@@ -641,10 +649,9 @@ def evaluate_checkpoint(path: str, data_dir: Optional[str] = None, device: str =
             report = prune_model(model, seed=config.seed, **prune)
         except ValueError as exc:
             raise UserError(f"cannot prune: {exc}") from None
-    model.to(dev)
     from shiftadd.data import BatchLoader
 
-    loader = BatchLoader(test_ds, batch_size or config.test_batch_size, shuffle=False, augment=False,
+    loader = BatchLoader(data[1], batch_size or config.test_batch_size, shuffle=False, augment=False,
                          seed=config.seed)
     res = evaluate(model, loader, dev)
     res.update({"epoch": saved.epoch, "model": config.model, "op": config.op, "dataset": config.dataset})
