@@ -1,0 +1,333 @@
+"""Analyse the runs of scripts/ablations.py: accuracy, energy, pruning, shared-scale quantisation, weight
+statistics. Writes docs/ablations/results.json, docs/ablations/tables.md and the plots in docs/ablations/.
+
+    python scripts/ablations_report.py [--threads 2]
+
+Energy: the 45 nm ASIC table (shiftadd/energy/tables/asic45nm.yaml), compute only and compute + SRAM data
+movement; FP32 runs priced in fp32, FIXn runs in fixN forward with fix8 backward (as they were trained).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from ablations import BASE_OPS, FIX_FORMATS, FIX_OPS, PRUNE_OPS, PRUNE_RATIOS, RUNS, finished  # noqa: E402
+
+from shiftadd.data import BatchLoader  # noqa: E402
+from shiftadd.energy import profile, training_energy  # noqa: E402
+from shiftadd.quant import layer_kind  # noqa: E402
+from shiftadd.train import load_checkpoint, load_trained_model  # noqa: E402
+from shiftadd.train.loop import evaluate, evaluate_checkpoint, load_data  # noqa: E402
+
+OUT = ROOT / "docs" / "ablations"
+PLATFORM = "asic45nm"
+PTQ_BITS = (16, 8, 6, 4)
+
+
+def run_info(name: str) -> Optional[Dict[str, Any]]:
+    """Final/best accuracy, time and configuration of a finished run (None if it is not finished)."""
+    run = RUNS / name
+    if not finished(run):
+        return None
+    meta = load_checkpoint(str(run)).meta
+    h = meta["history"]
+    return {"name": name, "test_acc": h[-1]["test_acc"], "best_acc": max(r["test_acc"] for r in h),
+            "train_acc": h[-1]["train_acc"], "epochs": meta["epoch"], "train_seconds": sum(r["train_seconds"] for r in h),
+            "train_size": meta["dataset"]["train_size"], "config": meta["config"]}
+
+
+def energy(name: str, info: Dict[str, Any]) -> Dict[str, float]:
+    """Inference energy per image and training energy of the whole run (compute only / + SRAM), in joules."""
+    model, cfg, _ = load_trained_model(str(RUNS / name))
+    fmt = cfg.quant or "fp32"
+    grad = "fix8" if cfg.quant else None
+    shape = (1, 3, 32, 32)
+    out = {}
+    for mem, key in ((None, "compute"), ("sram", "sram")):
+        inf = profile(model, shape, PLATFORM, fmt, memory=mem)
+        out[f"inference_{key}_uj"] = inf.total_pj() * 1e-6
+        run = training_energy(model, (cfg.batch_size, 3, 32, 32), info["epochs"] * info["train_size"], PLATFORM,
+                              fmt, memory=mem, grad_fmt=grad)
+        out[f"training_{key}_j"] = run.total_j()
+    return out
+
+
+# --------------------------------------------------------------------------- experiments
+def base_and_fix() -> Dict[str, Dict[str, Any]]:
+    rows = {}
+    names = [f"base-{op}" for op in BASE_OPS] + [f"{f}-{op}" for f in FIX_FORMATS for op in FIX_OPS]
+    for n in names:
+        info = run_info(n)
+        if info is None:
+            print(f"  {n}: not finished, skipped")
+            continue
+        info.update(energy(n, info))
+        rows[n] = info
+        print(f"  {n}: {100 * info['test_acc']:.2f}%  inference {info['inference_compute_uj']:.2f} uJ  "
+              f"training {info['training_compute_j']:.3f} J", flush=True)
+    return rows
+
+
+def pruning() -> Dict[str, Dict[str, Any]]:
+    rows = {}
+    for op in PRUNE_OPS:
+        base = RUNS / f"base-{op}"
+        if not finished(base):
+            continue
+        for r in PRUNE_RATIOS:
+            n = f"prune{int(100 * r)}-{op}"
+            row: Dict[str, Any] = {"op": op, "ratio": r}
+            ev = evaluate_checkpoint(str(base), device="cpu", prune={"ratio": r, "layer_types": ["adder"]})
+            row["acc_pruned"] = ev["acc"]
+            info = run_info(n)
+            if info is not None:
+                row["acc_finetuned"] = info["test_acc"]
+                row.update(energy(n, info))
+            rows[n] = row
+            print(f"  {n}: pruned {100 * row['acc_pruned']:.2f}%  fine-tuned "
+                  f"{100 * row.get('acc_finetuned', float('nan')):.2f}%", flush=True)
+    return rows
+
+
+def shared_scale_ptq() -> Dict[str, Dict[str, Any]]:
+    """Post-training shared-scale quantisation of the trained adder / shift-add networks."""
+    from shiftadd.quant import evaluate_bit_widths
+
+    rows = {}
+    for op in ("adder", "shiftadd", "shiftadd-fixed"):
+        name = f"base-{op}"
+        if not finished(RUNS / name):
+            continue
+        model, cfg, _ = load_trained_model(str(RUNS / name))
+        train_ds, test_ds = load_data(cfg)
+        calib = [b[0] for _, b in zip(range(4), BatchLoader(train_ds, 128, shuffle=True, augment=False, seed=1))]
+        test = BatchLoader(test_ds, 500, shuffle=False, augment=False)
+
+        def acc(m: torch.nn.Module) -> float:
+            return evaluate(m, test, torch.device("cpu"))["acc"]
+
+        for scale in ("free", "pow2"):
+            res = evaluate_bit_widths(model, acc, calib, bits=PTQ_BITS, scale=scale)
+            rows[f"{op}-{scale}"] = {"op": op, "scale": scale, **res}
+            print(f"  {op} {scale}: " + "  ".join(f"{k} {100 * v:.2f}%" for k, v in res.items()), flush=True)
+    return rows
+
+
+def _layer_weights(model: torch.nn.Module, kind: str, skip_first_last: bool = True) -> List[Tuple[str, np.ndarray]]:
+    from shiftadd.prune import effective_weight
+
+    out = [(n, effective_weight(m).flatten().double().numpy()) for n, m in model.named_modules() if layer_kind(m) == kind]
+    if kind == "conv" and skip_first_last:
+        out = out[1:]  # the first (RGB) layer stays a convolution in every variant
+    return out
+
+
+def fit_stats(w: np.ndarray) -> Dict[str, float]:
+    """Excess kurtosis and mean log-likelihood of the maximum-likelihood Gaussian and Laplace fits."""
+    mu, sd = w.mean(), w.std()
+    med = np.median(w)
+    b = np.abs(w - med).mean()
+    ll_gauss = -0.5 * math.log(2 * math.pi * sd * sd) - 0.5
+    ll_laplace = -math.log(2 * b) - 1.0
+    kurt = float(((w - mu) ** 4).mean() / sd ** 4 - 3)
+    return {"kurtosis": kurt, "ll_gauss": ll_gauss, "ll_laplace": ll_laplace, "laplace_better": ll_laplace > ll_gauss}
+
+
+def weight_statistics() -> Dict[str, Any]:
+    """Gaussian vs Laplace fits of conv and adder weights (trained and at initialisation), and the
+    dynamic range of the surviving adder weights after 50 % pruning."""
+    from shiftadd.models import create
+
+    out: Dict[str, Any] = {"fits": {}, "range": {}}
+    sources = {"conv (conv ResNet-20)": ("base-conv", "conv"), "adder (AdderNet ResNet-20)": ("base-adder", "adder"),
+               "adder (ShiftAddNet ResNet-20)": ("base-shiftadd", "adder")}
+    hist = {}
+    for label, (name, kind) in sources.items():
+        if not finished(RUNS / name):
+            continue
+        model, cfg, _ = load_trained_model(str(RUNS / name))
+        torch.manual_seed(cfg.seed)
+        init = create(cfg.model, op=cfg.op, num_classes=10)
+        for when, m in (("trained", model), ("init", init)):
+            layers = _layer_weights(m, kind)
+            stats = [fit_stats(w) for _, w in layers]
+            out["fits"][f"{label}, {when}"] = {
+                "layers": len(stats), "laplace_better": sum(s["laplace_better"] for s in stats),
+                "median_kurtosis": float(np.median([s["kurtosis"] for s in stats])),
+                "mean_ll_gain": float(np.mean([s["ll_laplace"] - s["ll_gauss"] for s in stats]))}
+            if when == "trained":
+                hist[label] = np.concatenate([(w - w.mean()) / w.std() for _, w in layers])
+    for op in PRUNE_OPS:
+        name = f"prune50-{op}"
+        if not finished(RUNS / name):
+            continue
+        model, _, _ = load_trained_model(str(RUNS / name))
+        w = np.concatenate([w for _, w in _layer_weights(model, "adder")])
+        nz = np.abs(w[w != 0])
+        out["range"][op] = {"nonzero": int(nz.size), "zero_fraction": float((w == 0).mean()),
+                            "log2_p99_over_p1": float(np.log2(np.percentile(nz, 99) / np.percentile(nz, 1))),
+                            "log2_max_over_min": float(np.log2(nz.max() / nz.min())),
+                            "std": float(w.std())}
+        hist[f"pruned50 {op}"] = w
+    out["_hist"] = hist
+    return out
+
+
+# --------------------------------------------------------------------------- plots and tables
+def plots(results: Dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["runs"]
+    if rows:
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for n, r in rows.items():
+            ax.scatter(r["training_compute_j"], 100 * r["test_acc"], s=30)
+            ax.annotate(n, (r["training_compute_j"], 100 * r["test_acc"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("estimated training energy of the run, compute only (J, 45 nm ASIC)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title("ResNet-20, CIFAR-10 8k subset, 5 epochs")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(OUT / "accuracy_energy.png", dpi=120)
+        plt.close(fig)
+    pr = results["pruning"]
+    if pr:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for op, style in (("adder", "o-"), ("shiftadd", "s-")):
+            pts = sorted((r["ratio"], r) for r in pr.values() if r["op"] == op)
+            base = rows.get(f"base-{op}")
+            xs = ([0.0] if base else []) + [100 * x for x, _ in pts]
+            for key, ls in (("acc_finetuned", style), ("acc_pruned", style.replace("-", ":"))):
+                ys = ([100 * base["test_acc"]] if base else []) + [100 * r.get(key, float("nan")) for _, r in pts]
+                ax.plot(xs, ys, ls, label=f"{op}, {'fine-tuned 3 epochs' if key == 'acc_finetuned' else 'no fine-tuning'}")
+        ax.set_xlabel("adder-layer weights pruned (%)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(OUT / "pruning.png", dpi=120)
+        plt.close(fig)
+    hist = results["weights"].get("_hist", {})
+    if hist:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        grid = np.linspace(-5, 5, 201)
+        for label, w in hist.items():
+            if label.startswith("pruned"):
+                continue
+            axes[0].hist(w, bins=grid, density=True, histtype="step", label=label)
+        axes[0].plot(grid, np.exp(-grid ** 2 / 2) / math.sqrt(2 * math.pi), "k--", lw=0.8, label="Gaussian")
+        axes[0].plot(grid, np.exp(-np.abs(grid) * math.sqrt(2)) / math.sqrt(2), "k:", lw=0.8, label="Laplace")
+        axes[0].set_yscale("log")
+        axes[0].set_ylim(1e-4, 2)
+        axes[0].set_xlabel("weight, standardised per layer")
+        axes[0].set_title("trained layer weights (first conv excluded)")
+        axes[0].legend(fontsize=7)
+        for label, w in hist.items():
+            if label.startswith("pruned"):
+                axes[1].hist(w, bins=120, density=True, histtype="step", label=label.replace("pruned50", "50% pruned"))
+        axes[1].set_yscale("log")
+        axes[1].set_xlabel("adder-layer weight (zeros included)")
+        axes[1].set_title("adder weights after 50% pruning + fine-tuning")
+        axes[1].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(OUT / "weights.png", dpi=120)
+        plt.close(fig)
+
+
+def pct(x: Optional[float]) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def tables(results: Dict[str, Any]) -> str:
+    rows = results["runs"]
+    lines = ["### 1-2. Operators and fixed-point training", "",
+             "| run | test acc. (%) | best (%) | train time (s) | inference µJ/image (compute / +SRAM) | "
+             "training J/run (compute / +SRAM) |", "|---|---:|---:|---:|---:|---:|"]
+    for n, r in rows.items():
+        lines.append(f"| {n} | {pct(r['test_acc'])} | {pct(r['best_acc'])} | {r['train_seconds']:.0f} | "
+                     f"{r['inference_compute_uj']:.2f} / {r['inference_sram_uj']:.2f} | "
+                     f"{r['training_compute_j']:.3f} / {r['training_sram_j']:.3f} |")
+    ref = rows.get("base-adder")
+    if ref:
+        lines += ["", "Against FP32 AdderNet (accuracy difference in points, energy saving in %, compute only):", "",
+                  "| run | Δ acc. vs FP32 adder | inference saving | training saving |", "|---|---:|---:|---:|"]
+        for n, r in rows.items():
+            if n.startswith("fix"):
+                lines.append(f"| {n} | {100 * (r['test_acc'] - ref['test_acc']):+.2f} | "
+                             f"{100 * (1 - r['inference_compute_uj'] / ref['inference_compute_uj']):.1f} | "
+                             f"{100 * (1 - r['training_compute_j'] / ref['training_compute_j']):.1f} |")
+    pr = results["pruning"]
+    if pr:
+        lines += ["", "### 3. Pruning adder-layer weights", "",
+                  "| ratio | adder: pruned | adder: fine-tuned | shiftadd: pruned | shiftadd: fine-tuned |",
+                  "|---:|---:|---:|---:|---:|"]
+        for r in PRUNE_RATIOS:
+            a, s = pr.get(f"prune{int(100 * r)}-adder", {}), pr.get(f"prune{int(100 * r)}-shiftadd", {})
+            lines.append(f"| {int(100 * r)}% | {pct(a.get('acc_pruned'))} | {pct(a.get('acc_finetuned'))} | "
+                         f"{pct(s.get('acc_pruned'))} | {pct(s.get('acc_finetuned'))} |")
+    pq = results["ptq"]
+    if pq:
+        lines += ["", "### 4. Post-training shared-scale quantisation of the adder layers", "",
+                  "| network | scale | float | " + " | ".join(f"int{b}" for b in PTQ_BITS) + " |",
+                  "|---|---|---:|" + "---:|" * len(PTQ_BITS)]
+        for r in pq.values():
+            lines.append(f"| {r['op']} | {r['scale']} | {pct(r['float'])} | "
+                         + " | ".join(pct(r[f'int{b}']) for b in PTQ_BITS) + " |")
+    wf = results["weights"].get("fits", {})
+    if wf:
+        lines += ["", "### 5. Weight distributions", "",
+                  "| layers | count | Laplace fits better | median excess kurtosis | mean log-lik. gain of Laplace |",
+                  "|---|---:|---:|---:|---:|"]
+        for k, v in wf.items():
+            lines.append(f"| {k} | {v['layers']} | {v['laplace_better']} | {v['median_kurtosis']:.2f} | "
+                         f"{v['mean_ll_gain']:+.3f} |")
+    rg = results["weights"].get("range", {})
+    if rg:
+        lines += ["", "| 50% pruned + fine-tuned | zero fraction | log2(p99/p1) of nonzero abs | "
+                      "log2(max/min) of nonzero abs | std |", "|---|---:|---:|---:|---:|"]
+        for op, v in rg.items():
+            lines.append(f"| {op} | {v['zero_fraction']:.3f} | {v['log2_p99_over_p1']:.2f} | "
+                         f"{v['log2_max_over_min']:.2f} | {v['std']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: runs, pruning, ptq, weights")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    skip = set(a.skip.split(","))
+    OUT.mkdir(parents=True, exist_ok=True)
+    results: Dict[str, Any] = {}
+    for key, fn in (("runs", base_and_fix), ("pruning", pruning), ("ptq", shared_scale_ptq),
+                    ("weights", weight_statistics)):
+        print(f"{key}:", flush=True)
+        results[key] = {} if key in skip else fn()
+    plots(results)
+    results["weights"].pop("_hist", None)
+    (OUT / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    text = tables(results)
+    (OUT / "tables.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
