@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "shiftadd.commands.demo",
     "shiftadd.data.commands",
     "shiftadd.train.commands",
+    "shiftadd.commands.compress",
     "shiftadd.energy.commands",
     "shiftadd.kernels.commands",
 ]

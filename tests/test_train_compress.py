@@ -141,3 +141,15 @@ def test_prune_command_reports_and_finetunes(tmp_path, capsys, base_run):
     code = main(["prune", "--checkpoint", str(base_run), "--ratio", "1.5"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "ratio" in err
+
+
+def test_quantize_command_reports_accuracy_per_bit_width(capsys, base_run):
+    code = main(["quantize", "--checkpoint", str(base_run), "--bits", "16,4", "--json", "--threads", "1"])
+    out = json.loads(capsys.readouterr().out)
+    acc = out["accuracy"]
+    assert code == 0 and set(acc) == {"float", "int16", "int4"}
+    assert abs(acc["int16"] - acc["float"]) <= 0.02  # 16 bits: at most one test image in 50 flips
+    with pytest.raises(SystemExit) as exc:  # argparse's own error: one line, exit 2
+        main(["quantize", "--checkpoint", str(base_run), "--bits", "1"])
+    code, err = exc.value.code, capsys.readouterr().err
+    assert code == 2 and "bit widths" in err and len(err.strip().splitlines()) == 1

@@ -142,30 +142,6 @@ def register(subparsers) -> None:
                    help="no live progress bar (one line per epoch)")
     p.set_defaults(func=_cmd_train)
 
-    p = subparsers.add_parser(
-        "prune", help="prune a trained run: accuracy before/after and sparsity; optionally fine-tune",
-        description="Prune the weights of a trained run (magnitude or random, global or per layer) and report "
-                    "test accuracy before and after, and the sparsity per layer. With --finetune-epochs N the "
-                    "pruned model is fine-tuned (masks kept) into --out, like `shiftadd train --init-from RUN "
-                    "--prune RATIO`.")
-    p.add_argument("--checkpoint", required=True, metavar="RUN", help="run directory of the trained model")
-    p.add_argument("--ratio", type=float, required=True, help="fraction of the selected weights to prune, in [0, 1)")
-    p.add_argument("--method", default="magnitude", help="magnitude (default) or random")
-    p.add_argument("--scope", default="global", help="global (one threshold per layer type; default) or layer")
-    p.add_argument("--types", type=_names, default=["adder", "shift"], metavar="TYPES",
-                   help="layer types to prune, comma-separated (default adder,shift)")
-    p.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, default=0, metavar="N",
-                   help="fine-tune the pruned model for N epochs (default 0: report only)")
-    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)")
-    p.add_argument("--out", default=None, help="run directory of the fine-tuning run")
-    p.add_argument("--data-dir", dest="data_dir", default=None, help="where the data set lives now")
-    p.add_argument("--test-subset", dest="test_subset", type=int, default=None, metavar="N",
-                   help="evaluate on N test images (0: all; default: what the run used)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
-    p.add_argument("--layers", action="store_true", help="print the sparsity of every layer")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_prune)
-
     p = subparsers.add_parser("eval", help="evaluate a checkpoint on its test set")
     p.add_argument("--checkpoint", required=True, help="run directory (or its checkpoint.json)")
     p.add_argument("--data-dir", dest="data_dir", default=None, help="where the data set lives now")
@@ -290,55 +266,3 @@ def _cmd_eval(args) -> int:
               f"({res['n']} images): accuracy {100 * res['acc']:.2f}%  loss {res['loss']:.4f}")
     return 0
 
-
-def _cmd_prune(args) -> int:
-    from shiftadd.prune import format_sparsity_report
-    from shiftadd.train.loop import TrainingDiverged, evaluate_checkpoint, train
-
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    if args.finetune_epochs < 0:
-        raise UserError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
-    if args.finetune_epochs and not args.out:
-        raise UserError("--finetune-epochs needs --out DIR for the fine-tuning run")
-    prune = {"ratio": args.ratio, "method": args.method, "scope": args.scope, "layer_types": args.types}
-    kw = dict(data_dir=args.data_dir, test_subset=args.test_subset)
-    before = evaluate_checkpoint(args.checkpoint, **kw)
-    after = evaluate_checkpoint(args.checkpoint, prune=prune, **kw)
-    res: Dict[str, Any] = {"checkpoint": args.checkpoint, "ratio": args.ratio, "method": args.method,
-                           "scope": args.scope, "types": args.types, "acc_before": before["acc"],
-                           "acc_pruned": after["acc"], "sparsity": after["sparsity"]}
-    if args.finetune_epochs:
-        from shiftadd.train.compress import inherited_settings
-        from shiftadd.train.config import make_config
-
-        values = inherited_settings(args.checkpoint)
-        values.update(init_from=args.checkpoint, prune=args.ratio, prune_method=args.method,
-                      prune_scope=args.scope, prune_types=args.types, epochs=args.finetune_epochs, lr=args.lr,
-                      progress=sys.stderr.isatty() and not args.json)
-        if args.data_dir:
-            values["data_dir"] = args.data_dir
-        if args.threads:
-            values["threads"] = args.threads
-        config = make_config(values.pop("recipe", None), values)
-        try:
-            result = train(config, args.out, log=(lambda *_: None) if args.json else print)
-        except TrainingDiverged as exc:
-            print(f"shiftadd prune: fine-tuning stopped: {exc}", file=sys.stderr)
-            return 1
-        res["acc_finetuned"] = result.final["test_acc"]
-        res["out"] = args.out
-    if args.json:
-        print(json.dumps(res))
-        return 0
-    report = after["sparsity"]
-    if args.layers:
-        print(format_sparsity_report(report))
-    kinds = ", ".join(f"{k} {100 * v['sparsity']:.1f}% zero" for k, v in report["by_kind"].items())
-    print(f"pruned {100 * args.ratio:.0f}% ({args.method}, {args.scope}): {kinds}")
-    print(f"test accuracy: {100 * before['acc']:.2f}% before, {100 * after['acc']:.2f}% after pruning"
-          + (f", {100 * res['acc_finetuned']:.2f}% after {args.finetune_epochs} fine-tuning epochs (run in "
-             f"{args.out})" if args.finetune_epochs else ""))
-    return 0
