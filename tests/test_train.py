@@ -83,6 +83,10 @@ def test_deepshift_parameter_groups_have_no_weight_decay():
     assert {names[id(p)].rsplit(".", 1)[-1] for p in shift["params"]} == {"shift", "sign"}
     assert shift["weight_decay"] == 0 and rest["weight_decay"] == 1e-4 and shift["lr"] == 0.01
     assert len(rest["params"]) + len(shift["params"]) == len(list(model.parameters()))
+    # a shift_lr alone (any recipe) creates the group; without it the shiftaddnet recipe has one group
+    sa = create("mnist-mlp", op="shiftadd")
+    assert len(build_optimizer(make_config("shiftaddnet", shift_lr=1.0), sa).param_groups) == 2
+    assert len(build_optimizer(make_config("shiftaddnet"), sa).param_groups) == 1
     radam = build_optimizer(make_config("deepshift", optimizer="radam"), create("mnist-mlp", op="shift-ps"))
     assert isinstance(radam, torch.optim.RAdam)
 

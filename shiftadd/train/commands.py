@@ -105,7 +105,7 @@ def register(subparsers) -> None:
     g.add_argument("--eta", dest="adaptive_eta", type=float, default=S,
                    help="AdderNet adaptive learning-rate coefficient (0 turns it off; default 0.2)")
     g.add_argument("--shift-lr", dest="shift_lr", type=float, default=S,
-                   help="learning rate of the DeepShift shift/sign parameter group")
+                   help="learning rate of the DeepShift-PS shift/sign parameters (their own group, no weight decay)")
     g.add_argument("--bn-recalibration", dest="bn_recalibration", type=int, default=S, metavar="IMAGES",
                    help="re-estimate BatchNorm statistics on this many training images before each evaluation "
                         "(default: 1024 for models with adder layers, else 0)")

@@ -48,7 +48,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     adaptive_eta: Optional[float] = 0.2  # AdderNet adaptive LR for adder layers; None/0 turns it off
     shift_param_groups: bool = False  # DeepShift: shift & sign parameters in their own group, no decay
-    shift_lr: Optional[float] = None  # learning rate of that group (None: lr)
+    shift_lr: Optional[float] = None  # learning rate of that group (None: lr); setting it creates the group
     bn_recalibration: Optional[int] = None  # images used to re-estimate BatchNorm statistics before each
     # evaluation; None: 1024 when the model has adder layers, else 0 (off)
     label_smoothing: float = 0.0

@@ -143,11 +143,11 @@ def shift_sign_parameters(model: nn.Module) -> List[nn.Parameter]:
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The recipe's optimizer; with ``shift_param_groups`` the DeepShift-PS shift/sign parameters form
-    a second group without weight decay (and with ``shift_lr`` if set)."""
+    """The recipe's optimizer; with ``shift_param_groups`` (or a ``shift_lr``) the DeepShift-PS shift/sign
+    parameters form a second group without weight decay (and with ``shift_lr`` if set)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups: List[Dict[str, Any]]
-    if config.shift_param_groups:
+    if config.shift_param_groups or config.shift_lr is not None:
         special = {id(p) for p in shift_sign_parameters(model) if p.requires_grad}
         rest = [p for p in params if id(p) not in special]
         shift = [p for p in params if id(p) in special]
