@@ -47,6 +47,9 @@ def jobs(data: str) -> Dict[str, Tuple[str, List[str]]]:
     out: Dict[str, Tuple[str, List[str]]] = {}
     for op in BASE_OPS:  # 1. operator families at full precision
         out[f"base-{op}"] = ("base", BUDGET + ["--data-dir", data, "--op", op])
+    # the learnable shift barely moves at the recipe's lr (see docs/ablations.md): one run with a 100x shift lr
+    for op in ("shift-ps", "shiftadd"):
+        out[f"base-{op}-shiftlr10"] = ("base", BUDGET + ["--data-dir", data, "--op", op, "--shift-lr", "10"])
     for op in PRUNE_OPS:  # 3. pruning (adder-layer weights) + fine-tuning, from the trained base models
         for r in PRUNE_RATIOS:
             out[f"prune{int(100 * r)}-{op}"] = ("prune", ["--init-from", str(RUNS / f"base-{op}"), "--prune", str(r),

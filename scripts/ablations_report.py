@@ -56,23 +56,44 @@ def energy(name: str, info: Dict[str, Any]) -> Dict[str, float]:
     out = {}
     for mem, key in ((None, "compute"), ("sram", "sram")):
         inf = profile(model, shape, PLATFORM, fmt, memory=mem)
-        out[f"inference_{key}_uj"] = inf.total_pj() * 1e-6
+        out[f"inference_{key}_uj"] = inf.total_pj * 1e-6
         run = training_energy(model, (cfg.batch_size, 3, 32, 32), info["epochs"] * info["train_size"], PLATFORM,
                               fmt, memory=mem, grad_fmt=grad)
-        out[f"training_{key}_j"] = run.total_j()
+        out[f"training_{key}_j"] = run.total_j
     return out
+
+
+def shift_weights_changed(name: str) -> Optional[float]:
+    """Fraction of the bit-shift layers' effective weights that differ from their initial values
+    (the initial model is rebuilt exactly as the trainer built it), or None without shift layers."""
+    from shiftadd.nn import SHIFT_TYPES
+    from shiftadd.train.loop import build_model, seed_everything
+
+    model, cfg, saved = load_trained_model(str(RUNS / name))
+    shifts = [m for m in model.modules() if isinstance(m, SHIFT_TYPES)]
+    if not shifts:
+        return None
+    seed_everything(cfg.seed)
+    load_data(cfg)  # the trainer loads the data between seeding and building the model
+    mb = saved.meta["model_build"]
+    init, _ = build_model(mb["name"], mb["op"], mb["num_classes"], mb["options"])
+    before = [m for m in init.modules() if isinstance(m, SHIFT_TYPES)]
+    changed = sum(int((a.weight != b.weight).sum()) for a, b in zip(shifts, before))
+    return changed / sum(a.weight.numel() for a in shifts)
 
 
 # --------------------------------------------------------------------------- experiments
 def base_and_fix() -> Dict[str, Dict[str, Any]]:
     rows = {}
-    names = [f"base-{op}" for op in BASE_OPS] + [f"{f}-{op}" for f in FIX_FORMATS for op in FIX_OPS]
+    names = ([f"base-{op}" for op in BASE_OPS] + ["base-shift-ps-shiftlr10", "base-shiftadd-shiftlr10"]
+             + [f"{f}-{op}" for f in FIX_FORMATS for op in FIX_OPS])
     for n in names:
         info = run_info(n)
         if info is None:
             print(f"  {n}: not finished, skipped")
             continue
         info.update(energy(n, info))
+        info["shift_weights_changed"] = shift_weights_changed(n)
         rows[n] = info
         print(f"  {n}: {100 * info['test_acc']:.2f}%  inference {info['inference_compute_uj']:.2f} uJ  "
               f"training {info['training_compute_j']:.3f} J", flush=True)
@@ -257,10 +278,12 @@ def pct(x: Optional[float]) -> str:
 def tables(results: Dict[str, Any]) -> str:
     rows = results["runs"]
     lines = ["### 1-2. Operators and fixed-point training", "",
-             "| run | test acc. (%) | best (%) | train time (s) | inference µJ/image (compute / +SRAM) | "
-             "training J/run (compute / +SRAM) |", "|---|---:|---:|---:|---:|---:|"]
+             "| run | test acc. (%) | best (%) | train time (s) | shift weights changed (%) | "
+             "inference µJ/image (compute / +SRAM) | training J/run (compute / +SRAM) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for n, r in rows.items():
         lines.append(f"| {n} | {pct(r['test_acc'])} | {pct(r['best_acc'])} | {r['train_seconds']:.0f} | "
+                     f"{pct(r.get('shift_weights_changed'))} | "
                      f"{r['inference_compute_uj']:.2f} / {r['inference_sram_uj']:.2f} | "
                      f"{r['training_compute_j']:.3f} / {r['training_sram_j']:.3f} |")
     ref = rows.get("base-adder")
