@@ -227,6 +227,37 @@ def plots(results: Dict[str, Any]) -> None:
         fig.tight_layout()
         fig.savefig(OUT / "accuracy_energy.png", dpi=120)
         plt.close(fig)
+    if any(n.startswith("fix") for n in rows):
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        formats = ("fp32",) + FIX_FORMATS
+        width = 0.8 / len(FIX_OPS)
+        for i, op in enumerate(FIX_OPS):
+            accs = [rows.get(f"base-{op}" if f == "fp32" else f"{f}-{op}", {}).get("test_acc", float("nan"))
+                    for f in formats]
+            ax.bar(np.arange(len(formats)) + (i - (len(FIX_OPS) - 1) / 2) * width, [100 * a for a in accs], width,
+                   label=op)
+        ax.set_xticks(np.arange(len(formats)), ["FP32"] + [f"{f.upper()} fwd / FIX8 bwd" for f in FIX_FORMATS],
+                      fontsize=8)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title("fixed-point training, ResNet-20, same budget")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+        fig.tight_layout()
+        fig.savefig(OUT / "fixed_point.png", dpi=120)
+        plt.close(fig)
+    pq = results["ptq"]
+    if pq:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in pq.values():
+            xs = ["float"] + [f"int{b}" for b in PTQ_BITS]
+            ax.plot(xs, [100 * r[x] for x in xs], "o-", label=f"{r['op']}, {r['scale']} scale")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title("post-training shared-scale quantisation of the adder layers")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(OUT / "shared_scale.png", dpi=120)
+        plt.close(fig)
     pr = results["pruning"]
     if pr:
         fig, ax = plt.subplots(figsize=(6, 4))
