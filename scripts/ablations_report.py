@@ -28,7 +28,7 @@ from shiftadd.data import BatchLoader  # noqa: E402
 from shiftadd.energy import profile, training_energy  # noqa: E402
 from shiftadd.quant import layer_kind  # noqa: E402
 from shiftadd.train import load_checkpoint, load_trained_model  # noqa: E402
-from shiftadd.train.loop import evaluate, evaluate_checkpoint, load_data  # noqa: E402
+from shiftadd.train.loop import dataset_shape, evaluate, evaluate_checkpoint, load_data  # noqa: E402
 
 OUT = ROOT / "docs" / "ablations"
 PLATFORM = "asic45nm"
@@ -73,10 +73,11 @@ def shift_weights_changed(name: str) -> Optional[float]:
     shifts = [m for m in model.modules() if isinstance(m, SHIFT_TYPES)]
     if not shifts:
         return None
+    # the trainer's exact path: seed, load the data, build with the data-derived options
     seed_everything(cfg.seed)
-    load_data(cfg)  # the trainer loads the data between seeding and building the model
-    mb = saved.meta["model_build"]
-    init, _ = build_model(mb["name"], mb["op"], mb["num_classes"], mb["options"])
+    train_ds, _ = load_data(cfg)
+    init, _ = build_model(cfg.model, cfg.op, *dataset_shape(train_ds)[:1], cfg.model_options,
+                          *dataset_shape(train_ds)[1:])
     before = [m for m in init.modules() if isinstance(m, SHIFT_TYPES)]
     changed = sum(int((a.weight != b.weight).sum()) for a, b in zip(shifts, before))
     return changed / sum(a.weight.numel() for a in shifts)
