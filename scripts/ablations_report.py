@@ -195,10 +195,14 @@ def weight_statistics() -> Dict[str, Any]:
         if not finished(RUNS / name):
             continue
         model, _, _ = load_trained_model(str(RUNS / name))
-        w = np.concatenate([w for _, w in _layer_weights(model, "adder")])
+        layers = _layer_weights(model, "adder")
+        w = np.concatenate([w for _, w in layers])
         nz = np.abs(w[w != 0])
+        per_layer = [np.log2(np.percentile(np.abs(v[v != 0]), 99) / np.percentile(np.abs(v[v != 0]), 1))
+                     for _, v in layers]
         out["range"][op] = {"nonzero": int(nz.size), "zero_fraction": float((w == 0).mean()),
                             "log2_p99_over_p1": float(np.log2(np.percentile(nz, 99) / np.percentile(nz, 1))),
+                            "layer_median_log2_p99_over_p1": float(np.median(per_layer)),
                             "log2_max_over_min": float(np.log2(nz.max() / nz.min())),
                             "std": float(w.std())}
         hist[f"pruned50 {op}"] = w
@@ -354,10 +358,11 @@ def tables(results: Dict[str, Any]) -> str:
                          f"{v['mean_ll_gain']:+.3f} |")
     rg = results["weights"].get("range", {})
     if rg:
-        lines += ["", "| 50% pruned + fine-tuned | zero fraction | log2(p99/p1) of nonzero abs | "
-                      "log2(max/min) of nonzero abs | std |", "|---|---:|---:|---:|---:|"]
+        lines += ["", "| 50% pruned + fine-tuned | zero fraction | log2(p99/p1) of nonzero abs, pooled | "
+                      "same, median over layers | log2(max/min) of nonzero abs | std |", "|---|---:|---:|---:|---:|---:|"]
         for op, v in rg.items():
             lines.append(f"| {op} | {v['zero_fraction']:.3f} | {v['log2_p99_over_p1']:.2f} | "
+                         f"{v['layer_median_log2_p99_over_p1']:.2f} | "
                          f"{v['log2_max_over_min']:.2f} | {v['std']:.3f} |")
     return "\n".join(lines) + "\n"
 
