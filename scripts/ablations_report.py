@@ -9,7 +9,6 @@ movement; FP32 runs priced in fp32, FIXn runs in fixN forward with fix8 backward
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import sys
@@ -24,11 +23,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from ablations import BASE_OPS, FIX_FORMATS, FIX_OPS, PRUNE_OPS, PRUNE_RATIOS, RUNS, finished  # noqa: E402
 
-from shiftadd.data import BatchLoader  # noqa: E402
 from shiftadd.energy import profile, training_energy  # noqa: E402
 from shiftadd.quant import layer_kind  # noqa: E402
 from shiftadd.train import load_checkpoint, load_trained_model  # noqa: E402
-from shiftadd.train.loop import dataset_shape, evaluate, evaluate_checkpoint, load_data  # noqa: E402
+from shiftadd.train.loop import dataset_shape, evaluate_checkpoint, load_data  # noqa: E402
 
 OUT = ROOT / "docs" / "ablations"
 PLATFORM = "asic45nm"
@@ -124,23 +122,16 @@ def pruning() -> Dict[str, Dict[str, Any]]:
 
 def shared_scale_ptq() -> Dict[str, Dict[str, Any]]:
     """Post-training shared-scale quantisation of the trained adder / shift-add networks."""
-    from shiftadd.quant import evaluate_bit_widths
+    from shiftadd.train.compress import shared_scale_sweep
 
     rows = {}
     for op in ("adder", "shiftadd", "shiftadd-fixed"):
         name = f"base-{op}"
         if not finished(RUNS / name):
             continue
-        model, cfg, _ = load_trained_model(str(RUNS / name))
-        train_ds, test_ds = load_data(cfg)
-        calib = [b[0] for _, b in zip(range(4), BatchLoader(train_ds, 128, shuffle=True, augment=False, seed=1))]
-        test = BatchLoader(test_ds, 500, shuffle=False, augment=False)
-
-        def acc(m: torch.nn.Module) -> float:
-            return evaluate(m, test, torch.device("cpu"))["acc"]
-
         for scale in ("free", "pow2"):
-            res = evaluate_bit_widths(model, acc, calib, bits=PTQ_BITS, scale=scale)
+            res = shared_scale_sweep(str(RUNS / name), PTQ_BITS, scale)
+            res.pop("test_images")
             rows[f"{op}-{scale}"] = {"op": op, "scale": scale, **res}
             print(f"  {op} {scale}: " + "  ".join(f"{k} {100 * v:.2f}%" for k, v in res.items()), flush=True)
     return rows

@@ -128,9 +128,7 @@ def _cmd_prune(args) -> int:
 def _cmd_quantize(args) -> int:
     import torch
 
-    from shiftadd.data import BatchLoader
-    from shiftadd.quant import evaluate_bit_widths
-    from shiftadd.train.loop import evaluate, load_data, load_trained_model
+    from shiftadd.train.compress import shared_scale_sweep
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -138,26 +136,13 @@ def _cmd_quantize(args) -> int:
         raise UserError(f"--scale must be free or pow2, got {args.scale!r}")
     if args.test_subset is not None and args.test_subset < 0:
         raise UserError(f"--test-subset must be >= 0, got {args.test_subset}")
-    model, config, _ = load_trained_model(args.checkpoint)
-    if args.data_dir is not None:
-        config.data_dir = args.data_dir
-    if args.test_subset is not None:
-        config.test_subset = args.test_subset or None
-    train_ds, test_ds = load_data(config)
-    loader = BatchLoader(train_ds, 128, shuffle=True, augment=False, seed=config.seed + 1)
-    calib = [batch[0] for _, batch in zip(range(args.calibration_batches), loader)]
-    test = BatchLoader(test_ds, config.test_batch_size, shuffle=False, augment=False)
-    device = next(model.parameters()).device
-    try:
-        res = evaluate_bit_widths(model, lambda m: evaluate(m, test, device)["acc"], calib, bits=args.bits,
-                                  scale=args.scale)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    res = shared_scale_sweep(args.checkpoint, args.bits, args.scale, args.calibration_batches, args.data_dir,
+                             args.test_subset)
+    n = res.pop("test_images")
     if args.json:
-        print(json.dumps({"checkpoint": args.checkpoint, "scale": args.scale, "accuracy": res}))
+        print(json.dumps({"checkpoint": args.checkpoint, "scale": args.scale, "test_images": n, "accuracy": res}))
         return 0
-    print(f"{config.model} ({config.op}), shared-scale adder quantisation ({args.scale} scale), "
-          f"{len(test_ds.labels)} test images:")
+    print(f"shared-scale adder quantisation ({args.scale} scale) of {args.checkpoint}, {n} test images:")
     for k, v in res.items():
         print(f"  {k:>6}: {100 * v:6.2f}%" + ("" if k == "float" else f"  ({100 * (v - res['float']):+.2f})"))
     return 0
