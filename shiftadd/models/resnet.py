@@ -40,6 +40,16 @@ def classifier(op: str, in_features: int, num_classes: int, **layer_options: Any
     return linear_layer(op, in_features, num_classes, bias=True, **layer_options)
 
 
+def init_weights(model: nn.Module) -> None:
+    """He-normal (fan-out) init of every nn.Conv2d, BatchNorm scale 1 and shift 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def three_stages(width: int, blocks_per_stage: int,
                  make_block: Callable[[int, int, int], nn.Module]) -> Tuple[List[nn.Sequential], int]:
     """The CIFAR ResNet layout: stages of ``width``, 2x and 4x channels, the first block of stages 2
@@ -123,12 +133,7 @@ class CifarResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         last = edge_op(op, keep_first_last)
         self.fc = classifier(last, in_planes, num_classes, **(layer_options if last != "conv" else {}))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))

@@ -23,14 +23,14 @@ convs are shift-add). The stem convolution and the classifier stay multiplicativ
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from shiftadd.models.registry import register_model
-from shiftadd.models.resnet import classifier, edge_op, three_stages
+from shiftadd.models.resnet import classifier, edge_op, init_weights, three_stages
 from shiftadd.nn.spatial_shift import (ActiveShift2d, AddressShift, ChannelShift, ShortcutShift, SparseShift2d,
                                        SpatialShift2d, sparse_shift_penalty)
 from shiftadd.ops.spatial_shift import address_groups
@@ -59,15 +59,6 @@ class _ShiftNetwork(nn.Module):
         return sparse_shift_penalty(self)
 
 
-def _init(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 def _expanded(channels: int, expansion: float, multiple: int = 1) -> int:
     if expansion <= 0:
         raise ValueError(f"expansion must be positive, got {expansion}")
@@ -87,6 +78,27 @@ class _Stem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn(self.conv(x)))
+
+
+class _StagedShiftNetwork(_ShiftNetwork):
+    """The CIFAR ResNet-(6n+2) skeleton with another block: 3x3 stem, three stages, pooling, classifier."""
+
+    def _build(self, depth: int, op: str, in_channels: int, width: int, num_classes: int, keep_first_last: bool,
+               layer_options: Dict[str, Any], make_block: Callable[[int, int, int], nn.Module]) -> None:
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ValueError(f"{type(self).__name__} depth must be 6n+2 (8, 14, 20, 32, ...), got {depth}")
+        self.stem = _Stem(op, in_channels, width, keep_first_last, layer_options)
+        stages, in_planes = three_stages(width, (depth - 2) // 6, make_block)
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        last = edge_op(op, keep_first_last)
+        self.fc = classifier(last, in_planes, num_classes, **(layer_options if last != "conv" else {}))
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,7 +132,7 @@ class CSCBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ShiftResNet(_ShiftNetwork):
+class ShiftResNet(_StagedShiftNetwork):
     """ShiftResNet-(6n+2) for 32x32 images: ResNet's basic blocks replaced by CSC blocks."""
 
     def __init__(self, depth: int, op: str = "conv", num_classes: int = 10, expansion: float = 3,
@@ -128,27 +140,14 @@ class ShiftResNet(_ShiftNetwork):
                  width: int = 16, keep_first_last: bool = True, shift_options: Optional[Dict[str, Any]] = None,
                  **layer_options: Any) -> None:
         super().__init__()
-        if (depth - 2) % 6 != 0 or depth < 8:
-            raise ValueError(f"ShiftResNet depth must be 6n+2 (8, 14, 20, 32, ...), got {depth}")
         if shift not in SHIFT_KINDS:
             raise ValueError(f"unknown shift kind {shift!r}; choose one of {SHIFT_KINDS}")
         if width < 1 or num_classes < 1 or in_channels < 1:
             raise ValueError("width, in_channels and num_classes must be positive")
-        n = (depth - 2) // 6
         self.op, self.depth, self.expansion, self.shift_kind = op, depth, expansion, shift
-        self.stem = _Stem(op, in_channels, width, keep_first_last, layer_options)
-        stages, in_planes = three_stages(width, n, lambda cin, planes, stride: CSCBlock(
-            op, cin, planes, stride, expansion, shift, kernel_size, dilation, shift_options, layer_options))
-        self.layer1, self.layer2, self.layer3 = stages
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        last = edge_op(op, keep_first_last)
-        self.fc = classifier(last, in_planes, num_classes, **(layer_options if last != "conv" else {}))
-        _init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        self._build(depth, op, in_channels, width, num_classes, keep_first_last, layer_options,
+                    lambda cin, planes, stride: CSCBlock(op, cin, planes, stride, expansion, shift, kernel_size,
+                                                         dilation, shift_options, layer_options))
 
 
 def _shiftresnet_builder(depth: int):
@@ -257,7 +256,7 @@ class FENet(_ShiftNetwork):
         self.pool = nn.AdaptiveAvgPool2d(1)
         last = edge_op(op, keep_first_last)
         self.fc = classifier(last, prev, num_classes, **(layer_options if last != "conv" else {}))
-        _init(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.blocks(self.stem(x)))
@@ -312,30 +311,17 @@ class AddressBlock(nn.Module):
         return F.relu(out + x)
 
 
-class AddressNet(_ShiftNetwork):
+class AddressNet(_StagedShiftNetwork):
     """AddressNet-(6n+2) for 32x32 images: a 3x3 stem, three stages of address blocks."""
 
     def __init__(self, depth: int, op: str = "conv", num_classes: int = 10, expansion: float = 3,
                  groups: int = 2, width: int = 16, in_channels: int = 3, keep_first_last: bool = True,
                  directions: Sequence[Optional[str]] = ("left", "up", "right", "down"), **layer_options: Any) -> None:
         super().__init__()
-        if (depth - 2) % 6 != 0 or depth < 8:
-            raise ValueError(f"AddressNet depth must be 6n+2 (8, 14, 20, ...), got {depth}")
-        n = (depth - 2) // 6
         self.op, self.depth, self.expansion = op, depth, expansion
-        self.stem = _Stem(op, in_channels, width, keep_first_last, layer_options)
-        stages, in_planes = three_stages(width, n, lambda cin, planes, stride: AddressBlock(
-            op, cin, planes, stride, expansion, groups, directions, layer_options))
-        self.layer1, self.layer2, self.layer3 = stages
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        last = edge_op(op, keep_first_last)
-        self.fc = classifier(last, in_planes, num_classes, **(layer_options if last != "conv" else {}))
-        _init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        self._build(depth, op, in_channels, width, num_classes, keep_first_last, layer_options,
+                    lambda cin, planes, stride: AddressBlock(op, cin, planes, stride, expansion, groups, directions,
+                                                             layer_options))
 
 
 def _addressnet_builder(depth: int):
