@@ -14,7 +14,7 @@ MNIST numbers are reproduced with ``keep_first_last=False``).
 """
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -63,55 +63,42 @@ class MnistMLP(nn.Module):
         return self.net(x)
 
 
-class MnistCNN(nn.Module):
-    """DeepShift's simple conv model: conv5x5(20)-pool-conv5x5(50)-pool-FC500-FC(classes)."""
+class ConvPoolNet(nn.Module):
+    """Two conv5x5 -> ReLU -> max-pool(2) stages, then fully connected layers with ReLU
+    (``mnist-cnn``: channels 20/50, FC 500; ``lenet5``: channels 6/16 with padding 2/0, FC 120-84)."""
 
-    def __init__(self, op: str = "conv", num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
+    def __init__(self, name: str, channels: Tuple[int, int], paddings: Tuple[int, int], hidden: Sequence[int],
+                 op: str = "conv", num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
                  keep_first_last: bool = True, batch_norm: bool = False, **layer_options: Any) -> None:
         super().__init__()
         first, last = edge_op(op, keep_first_last), edge_op(op, keep_first_last)
-        size = ((image_size - 4) // 2 - 4) // 2
+        size = _feature_size(image_size, paddings)
         if size < 1:
-            raise ValueError(f"image_size {image_size} is too small for mnist-cnn (needs >= 16)")
+            need = next(s for s in range(1, 1000) if _feature_size(s, paddings) >= 1)
+            raise ValueError(f"image_size {image_size} is too small for {name} (needs >= {need})")
+        c1, c2 = channels
         self.features = nn.Sequential(
-            *_conv(first, in_channels, 20, 5, 0, batch_norm, **layer_options), nn.ReLU(inplace=True),
+            *_conv(first, in_channels, c1, 5, paddings[0], batch_norm, **layer_options), nn.ReLU(inplace=True),
             nn.MaxPool2d(2, 2),
-            *_conv(op, 20, 50, 5, 0, batch_norm, **layer_options), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
+            *_conv(op, c1, c2, 5, paddings[1], batch_norm, **layer_options), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
         )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            *_linear(op, 50 * size * size, 500, batch_norm, **layer_options), nn.ReLU(inplace=True),
-            *_linear(last, 500, num_classes, False, **layer_options),
-        )
+        fc: List[nn.Module] = [nn.Flatten()]
+        width = c2 * size * size
+        for h in hidden:
+            fc += [*_linear(op, width, h, batch_norm, **layer_options), nn.ReLU(inplace=True)]
+            width = h
+        self.classifier = nn.Sequential(*fc, *_linear(last, width, num_classes, False, **layer_options))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 
-class LeNet5(nn.Module):
-    """LeNet-5 with ReLU and max-pooling (28x28 input padded by 2, as in the original 32x32)."""
-
-    def __init__(self, op: str = "conv", num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
-                 keep_first_last: bool = True, batch_norm: bool = False, **layer_options: Any) -> None:
-        super().__init__()
-        first, last = edge_op(op, keep_first_last), edge_op(op, keep_first_last)
-        size = ((image_size + 4 - 4) // 2 - 4) // 2
-        if size < 1:
-            raise ValueError(f"image_size {image_size} is too small for lenet5 (needs >= 12)")
-        self.features = nn.Sequential(
-            *_conv(first, in_channels, 6, 5, 2, batch_norm, **layer_options), nn.ReLU(inplace=True),
-            nn.MaxPool2d(2, 2),
-            *_conv(op, 6, 16, 5, 0, batch_norm, **layer_options), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            *_linear(op, 16 * size * size, 120, batch_norm, **layer_options), nn.ReLU(inplace=True),
-            *_linear(op, 120, 84, batch_norm, **layer_options), nn.ReLU(inplace=True),
-            *_linear(last, 84, num_classes, False, **layer_options),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+def _feature_size(image_size: int, paddings: Tuple[int, int]) -> int:
+    """Side of the feature maps after the two conv5x5 + pool(2) stages."""
+    size = image_size
+    for p in paddings:
+        size = (size + 2 * p - 4) // 2
+    return size
 
 
 @register_model("mnist-mlp")
@@ -122,12 +109,12 @@ def mnist_mlp(op: str = "conv", num_classes: int = 10, **options: Any) -> MnistM
 
 
 @register_model("mnist-cnn")
-def mnist_cnn(op: str = "conv", num_classes: int = 10, **options: Any) -> MnistCNN:
+def mnist_cnn(op: str = "conv", num_classes: int = 10, **options: Any) -> ConvPoolNet:
     """DeepShift's 2-conv CNN. Options: in_channels, image_size, keep_first_last, batch_norm, layer options."""
-    return MnistCNN(op=op, num_classes=num_classes, **options)
+    return ConvPoolNet("mnist-cnn", (20, 50), (0, 0), (500,), op=op, num_classes=num_classes, **options)
 
 
 @register_model("lenet5")
-def lenet5(op: str = "conv", num_classes: int = 10, **options: Any) -> LeNet5:
+def lenet5(op: str = "conv", num_classes: int = 10, **options: Any) -> ConvPoolNet:
     """LeNet-5. Options: in_channels, image_size, keep_first_last, batch_norm, layer options."""
-    return LeNet5(op=op, num_classes=num_classes, **options)
+    return ConvPoolNet("lenet5", (6, 16), (2, 0), (120, 84), op=op, num_classes=num_classes, **options)
