@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from shiftadd.models.registry import register_model
-from shiftadd.models.resnet import classifier, edge_op, has_adder
+from shiftadd.models.resnet import classifier, edge_op, has_adder, init_weights
 
 Cfg = Sequence[Union[int, str]]
 
@@ -66,12 +66,7 @@ class VGG(nn.Module):
             features = h
         head.append(classifier(edge_op(op, keep_first_last), features, num_classes, **layer_options))
         self.classifier = nn.Sequential(*head)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
