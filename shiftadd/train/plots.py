@@ -14,11 +14,19 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str) -> None:
+def _save(fig, path: str, title: str = "") -> str:
+    """Title, lay out and write ``fig`` atomically to ``path``, then close it; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}.png"
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, path)
+    plt.close(fig)
+    return path
 
 
 def plot_curves(history: Sequence[Dict[str, Any]], path: str, title: str = "") -> str:
@@ -38,12 +46,7 @@ def plot_curves(history: Sequence[Dict[str, Any]], path: str, title: str = "") -
     ax2.set_ylabel("accuracy (%)")
     ax2.legend()
     ax2.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_comparison(rows: List[Dict[str, Any]], path: str, title: str = "") -> str:
@@ -69,9 +72,4 @@ def plot_comparison(rows: List[Dict[str, Any]], path: str, title: str = "") -> s
     ax2.set_xticklabels([r["op"] for r in rows], rotation=20)
     ax2.set_ylabel("final test accuracy (%)")
     ax2.set_ylim(0, max(accs + [1]) * 1.25)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
