@@ -74,7 +74,7 @@ def _bit_list(text: str):
 
 def _cmd_prune(args) -> int:
     from shiftadd.prune import format_sparsity_report
-    from shiftadd.train.loop import TrainingDiverged, evaluate_checkpoint, train
+    from shiftadd.train.loop import TrainingDiverged, checkpoint_config, evaluate_checkpoint, load_data, train
 
     if args.threads:
         import torch
@@ -85,9 +85,9 @@ def _cmd_prune(args) -> int:
     if args.finetune_epochs and not args.out:
         raise UserError("--finetune-epochs needs --out DIR for the fine-tuning run")
     prune = {"ratio": args.ratio, "method": args.method, "scope": args.scope, "layer_types": args.types}
-    kw = dict(data_dir=args.data_dir, test_subset=args.test_subset)
-    before = evaluate_checkpoint(args.checkpoint, **kw)
-    after = evaluate_checkpoint(args.checkpoint, prune=prune, **kw)
+    data = load_data(checkpoint_config(args.checkpoint, args.data_dir, args.test_subset))  # once for both
+    before = evaluate_checkpoint(args.checkpoint, data=data)
+    after = evaluate_checkpoint(args.checkpoint, data=data, prune=prune)
     res: Dict[str, Any] = {"checkpoint": args.checkpoint, "ratio": args.ratio, "method": args.method,
                            "scope": args.scope, "types": args.types, "acc_before": before["acc"],
                            "acc_pruned": after["acc"], "sparsity": after["sparsity"]}

@@ -187,11 +187,9 @@ def resolve_checkpoint_path(path: str) -> str:
     raise CheckpointError(f"checkpoint not found: {path}")
 
 
-def load_checkpoint(path: str, map_location: str = "cpu") -> Checkpoint:
-    """Load and verify a checkpoint (directory or JSON file); raise CheckpointError if it is unusable."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def load_checkpoint_meta(path: str) -> Dict[str, Any]:
+    """The JSON half of a checkpoint (configuration, history, epoch, ...), checked but without reading
+    the tensors; raise CheckpointError if it is unusable."""
     meta_path = resolve_checkpoint_path(path)
     try:
         with open(meta_path, "r", encoding="utf-8") as fh:
@@ -202,6 +200,16 @@ def load_checkpoint(path: str, map_location: str = "cpu") -> Checkpoint:
         raise CheckpointError(f"{meta_path} is not a shiftadd checkpoint")
     if int(meta.get("version", -1)) > VERSION:
         raise CheckpointError(f"{meta_path} has format version {meta.get('version')}, newer than this shiftadd")
+    return meta
+
+
+def load_checkpoint(path: str, map_location: str = "cpu") -> Checkpoint:
+    """Load and verify a checkpoint (directory or JSON file); raise CheckpointError if it is unusable."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    meta_path = resolve_checkpoint_path(path)
+    meta = load_checkpoint_meta(meta_path)
     tensor_path = os.path.join(os.path.dirname(meta_path), str(meta.get("tensors", "")))
     if not os.path.isfile(tensor_path):
         raise CheckpointError(f"checkpoint tensors missing: {tensor_path}")

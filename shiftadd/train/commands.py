@@ -209,10 +209,10 @@ def _cmd_train(args) -> int:
         if bad:
             raise UserError(f"--{bad[0].replace('_', '-')} cannot change when resuming; "
                             f"only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_OVERRIDES)} can")
-        from shiftadd.train.checkpoint import load_checkpoint
+        from shiftadd.train.checkpoint import load_checkpoint_meta
         from shiftadd.train.config import config_from_dict
 
-        saved = config_from_dict(load_checkpoint(run).meta["config"])
+        saved = config_from_dict(load_checkpoint_meta(run)["config"])
         for k, v in flags.items():
             setattr(saved, k, v)
         config, out, resume = saved, run, True

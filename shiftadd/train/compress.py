@@ -31,9 +31,9 @@ INHERITED = ("model", "op", "model_options", "dataset", "data_dir", "subset", "t
 
 def inherited_settings(run: str) -> Dict[str, Any]:
     """The :data:`INHERITED` settings of the run saved in ``run`` (a fine-tuning run's defaults)."""
-    from shiftadd.train.checkpoint import load_checkpoint
+    from shiftadd.train.checkpoint import load_checkpoint_meta
 
-    saved = load_checkpoint(run).meta["config"]
+    saved = load_checkpoint_meta(run)["config"]
     return {k: saved[k] for k in INHERITED if k in saved}
 
 
@@ -92,13 +92,10 @@ def shared_scale_sweep(run: str, bits: Sequence[int] = (16, 8, 6, 4), scale: str
     """
     from shiftadd.data import BatchLoader
     from shiftadd.quant import evaluate_bit_widths
-    from shiftadd.train.loop import evaluate, load_data, load_trained_model
+    from shiftadd.train.loop import checkpoint_config, evaluate, load_data, load_trained_model
 
-    model, config, _ = load_trained_model(run)
-    if data_dir is not None:
-        config.data_dir = data_dir
-    if test_subset is not None:
-        config.test_subset = test_subset or None
+    model, _, _ = load_trained_model(run)
+    config = checkpoint_config(run, data_dir, test_subset)
     train_ds, test_ds = load_data(config)
     loader = BatchLoader(train_ds, 128, shuffle=True, augment=False, seed=config.seed + 1)
     calib = [batch[0] for _, batch in zip(range(calibration_batches), loader)]

@@ -623,6 +623,17 @@ def load_trained_model(path: str, device: str = "cpu", data=None) -> Tuple[nn.Mo
     return model.to(resolve_device(device)).eval(), config, saved
 
 
+def checkpoint_config(path: str, data_dir: Optional[str] = None, test_subset: Optional[int] = None) -> TrainConfig:
+    """The configuration saved with a run, with the data location and the test subset (0: the whole
+    test split) overridden when given."""
+    config = config_from_dict(ckpt.load_checkpoint_meta(path)["config"])
+    if data_dir is not None:
+        config.data_dir = data_dir
+    if test_subset is not None:
+        config.test_subset = test_subset or None
+    return config
+
+
 def evaluate_checkpoint(path: str, data_dir: Optional[str] = None, device: str = "auto",
                         batch_size: Optional[int] = None, data=None,
                         test_subset: Optional[int] = None, prune: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -632,11 +643,7 @@ def evaluate_checkpoint(path: str, data_dir: Optional[str] = None, device: str =
     arguments of :func:`shiftadd.prune.prune`) prunes the model first; the result then has its
     ``"sparsity"`` report.
     """
-    config = config_from_dict(ckpt.load_checkpoint(path).meta["config"])
-    if data_dir is not None:
-        config.data_dir = data_dir
-    if test_subset is not None:
-        config.test_subset = test_subset or None
+    config = checkpoint_config(path, data_dir, test_subset)
     if data is None:
         data = load_data(config)
     model, _, saved = load_trained_model(path, device, data)
