@@ -25,7 +25,8 @@ from ablations import BASE_OPS, FIX_FORMATS, FIX_OPS, PRUNE_OPS, PRUNE_RATIOS, R
 
 from shiftadd.energy import profile, training_energy  # noqa: E402
 from shiftadd.quant import layer_kind  # noqa: E402
-from shiftadd.train import load_checkpoint, load_trained_model  # noqa: E402
+from shiftadd.train import load_trained_model  # noqa: E402
+from shiftadd.train.checkpoint import load_checkpoint_meta  # noqa: E402
 from shiftadd.train.loop import dataset_shape, evaluate_checkpoint, load_data  # noqa: E402
 
 OUT = ROOT / "docs" / "ablations"
@@ -38,16 +39,15 @@ def run_info(name: str) -> Optional[Dict[str, Any]]:
     run = RUNS / name
     if not finished(run):
         return None
-    meta = load_checkpoint(str(run)).meta
+    meta = load_checkpoint_meta(str(run))
     h = meta["history"]
     return {"name": name, "test_acc": h[-1]["test_acc"], "best_acc": max(r["test_acc"] for r in h),
             "train_acc": h[-1]["train_acc"], "epochs": meta["epoch"], "train_seconds": sum(r["train_seconds"] for r in h),
             "train_size": meta["dataset"]["train_size"], "config": meta["config"]}
 
 
-def energy(name: str, info: Dict[str, Any]) -> Dict[str, float]:
+def energy(model: torch.nn.Module, cfg: Any, info: Dict[str, Any]) -> Dict[str, float]:
     """Inference energy per image and training energy of the whole run (compute only / + SRAM), in joules."""
-    model, cfg, _ = load_trained_model(str(RUNS / name))
     fmt = cfg.quant or "fp32"
     grad = "fix8" if cfg.quant else None
     shape = (1, 3, 32, 32)
@@ -61,21 +61,20 @@ def energy(name: str, info: Dict[str, Any]) -> Dict[str, float]:
     return out
 
 
-def shift_weights_changed(name: str) -> Optional[float]:
+def shift_weights_changed(model: torch.nn.Module, cfg: Any) -> Optional[float]:
     """Fraction of the bit-shift layers' effective weights that differ from their initial values
     (the initial model is rebuilt exactly as the trainer built it), or None without shift layers."""
     from shiftadd.nn import SHIFT_TYPES
     from shiftadd.train.loop import build_model, seed_everything
 
-    model, cfg, saved = load_trained_model(str(RUNS / name))
     shifts = [m for m in model.modules() if isinstance(m, SHIFT_TYPES)]
     if not shifts:
         return None
     # the trainer's exact path: seed, load the data, build with the data-derived options
     seed_everything(cfg.seed)
     train_ds, _ = load_data(cfg)
-    init, _ = build_model(cfg.model, cfg.op, *dataset_shape(train_ds)[:1], cfg.model_options,
-                          *dataset_shape(train_ds)[1:])
+    num_classes, channels, size = dataset_shape(train_ds)
+    init, _ = build_model(cfg.model, cfg.op, num_classes, cfg.model_options, channels, size)
     before = [m for m in init.modules() if isinstance(m, SHIFT_TYPES)]
     changed = sum(int((a.weight != b.weight).sum()) for a, b in zip(shifts, before))
     return changed / sum(a.weight.numel() for a in shifts)
@@ -91,8 +90,9 @@ def base_and_fix() -> Dict[str, Dict[str, Any]]:
         if info is None:
             print(f"  {n}: not finished, skipped")
             continue
-        info.update(energy(n, info))
-        info["shift_weights_changed"] = shift_weights_changed(n)
+        model, cfg, _ = load_trained_model(str(RUNS / n))
+        info.update(energy(model, cfg, info))
+        info["shift_weights_changed"] = shift_weights_changed(model, cfg)
         rows[n] = info
         print(f"  {n}: {100 * info['test_acc']:.2f}%  inference {info['inference_compute_uj']:.2f} uJ  "
               f"training {info['training_compute_j']:.3f} J", flush=True)
@@ -113,7 +113,7 @@ def pruning() -> Dict[str, Dict[str, Any]]:
             info = run_info(n)
             if info is not None:
                 row["acc_finetuned"] = info["test_acc"]
-                row.update(energy(n, info))
+                row.update(energy(*load_trained_model(str(RUNS / n))[:2], info))
             rows[n] = row
             print(f"  {n}: pruned {100 * row['acc_pruned']:.2f}%  fine-tuned "
                   f"{100 * row.get('acc_finetuned', float('nan')):.2f}%", flush=True)
