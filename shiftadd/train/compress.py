@@ -10,7 +10,7 @@ fixed order, the same for a new run, a resumed run and ``shiftadd eval``:
    run ``prune`` (magnitude or random pruning to the target ratio; masks already there stay);
 3. ``quant``: fixed-point quantisers (QAT) on the selected layer types (they add no state).
 
-During training the trainer calls :func:`after_step` after every optimizer step so pruned
+During training the trainer calls :func:`shiftadd.prune.apply_masks` after every optimizer step so pruned
 parameters stay exactly zero.
 """
 from __future__ import annotations
@@ -72,13 +72,6 @@ def prepare_model(model: nn.Module, config: Any, state: Optional[Mapping[str, to
     except ValueError as exc:
         raise UserError(str(exc)) from None
     return summary
-
-
-def after_step(model: nn.Module) -> None:
-    """Keep pruned parameters at exactly zero (momentum and weight decay would move them)."""
-    from shiftadd.prune import apply_masks
-
-    apply_masks(model)
 
 
 def shared_scale_sweep(run: str, bits: Sequence[int] = (16, 8, 6, 4), scale: str = "free",

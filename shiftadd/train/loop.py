@@ -407,7 +407,7 @@ def _train(config: TrainConfig, out: Optional[str], saved: Optional[ckpt.Checkpo
         model, model_opts = build_model(mb["name"], mb["op"], mb["num_classes"], mb["options"])
     else:
         model, model_opts = build_model(config.model, config.op, num_classes, config.model_options, channels, size)
-    from shiftadd.train.compress import after_step, prepare_model
+    from shiftadd.train.compress import prepare_model
 
     if saved is not None:
         compression = prepare_model(model, config, saved.model_state, new_run=False)
@@ -490,7 +490,7 @@ def _train(config: TrainConfig, out: Optional[str], saved: Optional[ckpt.Checkpo
     from shiftadd.optim import scale_adder_gradients
 
     eta = config.adaptive_eta or None
-    from shiftadd.prune import get_mask
+    from shiftadd.prune import apply_masks, get_mask
 
     masked = any(get_mask(m) is not None for m in raw_model.modules())
     min_batch = max(2, info.world_size)
@@ -552,7 +552,7 @@ def _train(config: TrainConfig, out: Optional[str], saved: Optional[ckpt.Checkpo
                     "Try a lower --lr or a gradient clip (grad_clip).")
             optimizer.step()
             if masked:
-                after_step(raw_model)  # pruned weights stay exactly zero
+                apply_masks(raw_model)  # pruned weights stay exactly zero
             stats += step_stats
             steps_done += 1
             if bar is not None:
