@@ -1,0 +1,83 @@
+"""Pretrained weights: shipped file -> model -> recorded logits; SHA-256 and card checks."""
+import json
+import os
+
+import pytest
+import torch
+
+from shiftadd.errors import CheckpointError, UserError
+from shiftadd.models import create
+from shiftadd.models import pretrained as P
+
+
+@pytest.fixture
+def weights_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv(P.ENV_VAR, str(tmp_path))
+    return tmp_path
+
+
+def _save_tiny(weights_dir, name="tiny-mlp"):
+    torch.manual_seed(0)
+    model = create("mnist-mlp", op="shift-ps")
+    card = P.ModelCard(name=name, model="mnist-mlp", op="shift-ps", num_classes=10, dataset="mnist", sha256="")
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    P.save_pretrained(model, str(weights_dir), card, reference_input=x, reference_desc="rand seed 1")
+    return model, x
+
+
+def test_round_trip_gives_the_recorded_logits(weights_dir):
+    model, x = _save_tiny(weights_dir)
+    loaded = P.load_pretrained("tiny-mlp")
+    card = P.load_card("tiny-mlp")
+    with torch.no_grad():
+        out = loaded(x)
+        ref = model.eval()(x)
+    assert torch.equal(out, ref)
+    assert torch.allclose(out, torch.tensor(card.reference["logits"]), atol=1e-4)
+    assert "tiny-mlp" in P.list_pretrained()
+    assert P.find_pretrained("mnist-mlp", "shift-ps") == "tiny-mlp"
+    assert not loaded.training
+
+
+def test_sha256_mismatch_is_refused(weights_dir):
+    _save_tiny(weights_dir)
+    path = weights_dir / "tiny-mlp.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt or altered"):
+        P.load_pretrained("tiny-mlp")
+
+
+def test_missing_name_and_missing_tensor_file(weights_dir):
+    with pytest.raises(UserError, match="no pretrained weights named 'nope'"):
+        P.load_pretrained("nope")
+    _save_tiny(weights_dir)
+    os.remove(weights_dir / "tiny-mlp.safetensors")
+    with pytest.raises(CheckpointError, match="tensor file .* is missing"):
+        P.load_pretrained("tiny-mlp")
+    with pytest.raises(UserError, match="no pretrained weights for model 'resnet20'"):
+        P.find_pretrained("resnet20", "adder")
+
+
+def test_card_without_required_fields_is_refused(weights_dir):
+    _save_tiny(weights_dir)
+    card_path = weights_dir / "tiny-mlp.json"
+    data = json.loads(card_path.read_text())
+    del data["op"]
+    card_path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="lacks the field"):
+        P.load_card("tiny-mlp")
+    card_path.write_text("{not json")
+    with pytest.raises(CheckpointError, match="cannot read model card"):
+        P.load_card("tiny-mlp")
+
+
+def test_weights_that_do_not_fit_the_architecture(weights_dir):
+    _save_tiny(weights_dir)
+    card_path = weights_dir / "tiny-mlp.json"
+    data = json.loads(card_path.read_text())
+    data["model"] = "mnist-cnn"
+    card_path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="do not fit mnist-cnn/shift-ps"):
+        P.load_pretrained("tiny-mlp")
