@@ -1,0 +1,123 @@
+"""Reproduce the papers' CIFAR-10 / MNIST accuracy tables on a CPU (docs/results.md, issue 17).
+
+Every run is an ordinary ``shiftadd train`` command with a held-out validation slice of the training
+set (``--val-split``): model selection looks at validation accuracy only, and the test split is
+evaluated once, when a run has finished. Runs live in ``results/runs/<name>`` (tracked in git: a
+ResNet-20 checkpoint is ~2 MB), so a run that outlives a session is committed and resumed by the next:
+
+    python scripts/reproduce.py run --jobs 2 [--only r20-conv,r20-adder] [--hours 2.5]
+    python scripts/reproduce.py status
+
+``--hours`` stops every run cleanly (between epochs, via the trainer's exact resume) after that
+much wall time, so a session can commit the checkpoints before it ends. ``publish`` turns finished
+runs into pretrained weights with model cards (``shiftadd/weights``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "results" / "runs"
+DATA = ROOT.parent / "shared" / "data"
+CIFAR = ["--dataset", "cifar10", "--data-dir", str(DATA / "cifar10-jpeg.tar.gz"), "--val-split", "5000",
+         "--recipe", "cifar-fast", "--seed", "0"]
+MNIST = ["--dataset", "mnist", "--data-dir", str(DATA / "mnist10k.npz"), "--val-split", "1000", "--seed", "0"]
+
+#: name -> (what it reproduces, shiftadd train arguments). Epochs: 1/4 of the papers' (ResNet-20: 160
+#: epochs for conv/DeepShift/ShiftAddNet, 400 for AdderNet).
+JOBS: Dict[str, Tuple[str, List[str]]] = {
+    "r20-conv": ("ResNet-20 conv, paper 91.79 %", CIFAR + ["--model", "resnet20", "--op", "conv", "--epochs", "40"]),
+    "r20-shift-ps": ("ResNet-20 DeepShift-PS, paper 88.84 %",
+                     CIFAR + ["--model", "resnet20", "--op", "shift-ps", "--epochs", "40"]),
+    "r20-shiftadd": ("ResNet-20 ShiftAddNet, paper 89.32 %",
+                     CIFAR + ["--model", "resnet20", "--op", "shiftadd", "--epochs", "40"]),
+    "r20-adder": ("ResNet-20 AdderNet, paper 92.02 %", CIFAR + ["--model", "resnet20", "--op", "adder", "--epochs", "100"]),
+}
+
+
+def state(run: Path) -> Optional[dict]:
+    meta = run / "checkpoint.json"
+    return json.loads(meta.read_text()) if meta.is_file() else None
+
+
+def finished(run: Path) -> bool:
+    m = state(run)
+    return bool(m) and m["epoch"] >= m["config"]["epochs"]
+
+
+def run_one(name: str, args: List[str], deadline: float) -> Tuple[str, str]:
+    run = RUNS / name
+    logs = run / "logs"
+    if finished(run):
+        return name, "finished"
+    common = ["--threads", "1", "--no-progress"]
+    if state(run):
+        argv = ["--resume", str(run), "--data-dir", args[args.index("--data-dir") + 1]] + common
+    else:
+        argv = args + ["--out", str(run)] + common
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{time.strftime('%Y%m%d-%H%M%S')}.log"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with open(log, "w") as fh:
+        fh.write(" ".join(["shiftadd", "train", *argv]) + "\n")
+        fh.flush()
+        proc = subprocess.Popen([sys.executable, "-m", "shiftadd.cli", "train", *argv], stdout=fh,
+                                stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        while proc.poll() is None:
+            if time.time() > deadline:  # SIGINT: the trainer keeps the last complete epoch's checkpoint
+                proc.send_signal(signal.SIGINT)
+                proc.wait()
+                return name, "stopped at the time limit"
+            time.sleep(5)
+    return name, "finished" if finished(run) else f"exit {proc.returncode} (see {log})"
+
+
+def cmd_run(a: argparse.Namespace) -> None:
+    names = a.only.split(",") if a.only else list(JOBS)
+    unknown = [n for n in names if n not in JOBS]
+    if unknown:
+        sys.exit(f"unknown run(s) {unknown}; known: {', '.join(JOBS)}")
+    deadline = time.time() + a.hours * 3600
+    with ThreadPoolExecutor(a.jobs) as pool:
+        for name, result in pool.map(lambda n: run_one(n, JOBS[n][1], deadline), names):
+            print(f"{name}: {result}", flush=True)
+
+
+def cmd_status(a: argparse.Namespace) -> None:
+    for name, (what, args) in JOBS.items():
+        m = state(RUNS / name)
+        if not m:
+            print(f"{name:<14} not started   ({what})")
+            continue
+        hist = m.get("history", [])
+        last = hist[-1] if hist else {}
+        val = last.get("val_acc", last.get("test_acc"))
+        print(f"{name:<14} epoch {m['epoch']:>3}/{m['config']['epochs']:<3} last val acc "
+              f"{val if val is None else round(100 * val, 2)}   ({what})")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="start or resume runs, N at a time, one thread each")
+    r.add_argument("--jobs", type=int, default=2)
+    r.add_argument("--only", default="")
+    r.add_argument("--hours", type=float, default=1e6, help="stop cleanly after this much wall time")
+    r.set_defaults(fn=cmd_run)
+    s = sub.add_parser("status", help="epochs done and last validation accuracy of each run")
+    s.set_defaults(fn=cmd_status)
+    a = p.parse_args()
+    a.fn(a)
+
+
+if __name__ == "__main__":
+    main()
