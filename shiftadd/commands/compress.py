@@ -109,7 +109,7 @@ def _cmd_prune(args) -> int:
         except TrainingDiverged as exc:
             print(f"shiftadd prune: fine-tuning stopped: {exc}", file=sys.stderr)
             return 1
-        res["acc_finetuned"] = result.final["test_acc"]
+        res["acc_finetuned"] = result.results["final"]["test_acc"]
         res["out"] = args.out
     if args.json:
         print(json.dumps(res))

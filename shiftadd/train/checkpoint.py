@@ -107,7 +107,7 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def _atomic_write_text(path: str, text: str) -> None:
+def atomic_write_text(path: str, text: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -150,7 +150,7 @@ def save_checkpoint(out_dir: str, model: torch.nn.Module, optimizer: Optional[to
     doc.update({"format": FORMAT, "version": VERSION, "tensors": name, "sha256": _sha256(final),
                 "optimizer": opt_meta, "rng": rng_meta})
     meta_path = os.path.join(out_dir, META_NAME)
-    _atomic_write_text(meta_path, json.dumps(doc, indent=1, sort_keys=True))
+    atomic_write_text(meta_path, json.dumps(doc, indent=1, sort_keys=True))
     for old in glob.glob(os.path.join(out_dir, "state-*.safetensors")):
         if os.path.basename(old) != name:
             try:

@@ -19,7 +19,7 @@ OP_DESCRIPTIONS = {
 }
 
 # flag name -> config key, for flags that map one-to-one
-_DIRECT = ("model", "op", "dataset", "data_dir", "subset", "test_subset", "epochs", "batch_size", "test_batch_size", "lr",
+_DIRECT = ("model", "op", "dataset", "data_dir", "subset", "test_subset", "val_split", "epochs", "batch_size", "test_batch_size", "lr",
            "momentum", "weight_decay", "optimizer", "schedule", "seed", "device", "workers", "threads",
            "label_smoothing", "grad_clip", "max_loss", "warmup_epochs", "shift_lr", "gamma", "bn_recalibration",
            "quant", "quant_types", "init_from", "prune", "prune_method", "prune_scope", "prune_types", "freeze")
@@ -84,6 +84,10 @@ def register(subparsers) -> None:
     g.add_argument("--subset", type=_positive_int, default=S, help="train on a class-balanced subset of N images")
     g.add_argument("--test-subset", dest="test_subset", type=_positive_int, default=S,
                    help="evaluate on a class-balanced subset of N test images")
+    g.add_argument("--val-split", dest="val_split", type=_positive_int, default=S, metavar="N",
+                   help="hold out a class-balanced slice of N training images for validation: per-epoch "
+                        "evaluation and the best checkpoint (OUT/best) use it; the test split is evaluated "
+                        "only once, at the end")
     g.add_argument("--augment", dest="augment", action="store_true", default=S, help="random crop + flip")
     g.add_argument("--no-augment", dest="augment", action="store_false", default=S, help="no augmentation")
     g = p.add_argument_group("recipe (every field can be overridden)")
@@ -144,6 +148,8 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("eval", help="evaluate a checkpoint on its test set")
     p.add_argument("--checkpoint", required=True, help="run directory (or its checkpoint.json)")
+    p.add_argument("--best", action="store_true",
+                   help="evaluate the run's best-validation model (runs trained with --val-split)")
     p.add_argument("--data-dir", dest="data_dir", default=None, help="where the data set lives now")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
@@ -240,16 +246,20 @@ def _cmd_train(args) -> int:
     except TrainingDiverged as exc:
         print(f"shiftadd train: stopped: {exc}", file=sys.stderr)
         return 1
-    final = result.final
     if result.extra.get("rank", 0) != 0:
         return 0
+    final = result.results["final"]
     print(f"done: test accuracy {100 * final['test_acc']:.2f}%, test loss {final['test_loss']:.4f} after "
           f"{final['epoch']} epochs; run saved in {out}")
+    best = result.results.get("best")
+    if best is not None and best["epoch"] != final["epoch"]:
+        print(f"best validation accuracy {100 * best['val_acc']:.2f}% after epoch {best['epoch']}: test accuracy "
+              f"{100 * best['test_acc']:.2f}%; that model is saved in {os.path.join(out, 'best')}")
     return 0
 
 
 def _cmd_eval(args) -> int:
-    from shiftadd.train.loop import evaluate_checkpoint
+    from shiftadd.train.loop import best_checkpoint_path, evaluate_checkpoint
 
     if args.threads:
         import torch
@@ -257,7 +267,8 @@ def _cmd_eval(args) -> int:
         torch.set_num_threads(args.threads)
     if args.test_subset is not None and args.test_subset < 0:
         raise UserError(f"--test-subset must be >= 0, got {args.test_subset}")
-    res = evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device,
+    path = best_checkpoint_path(args.checkpoint) if args.best else args.checkpoint
+    res = evaluate_checkpoint(path, data_dir=args.data_dir, device=args.device,
                               batch_size=args.batch_size, test_subset=args.test_subset)
     if args.json:
         print(json.dumps(res))

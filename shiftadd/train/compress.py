@@ -23,7 +23,8 @@ import torch.nn as nn
 from shiftadd.errors import CheckpointError, UserError
 
 #: Settings a fine-tuning run (``init_from``) takes from the run it starts from unless given.
-INHERITED = ("model", "op", "model_options", "dataset", "data_dir", "subset", "test_subset", "augment",
+INHERITED = ("model", "op", "model_options", "dataset", "data_dir", "subset", "test_subset", "val_split",
+             "augment",
              "batch_size", "test_batch_size", "recipe", "optimizer", "momentum", "nesterov", "weight_decay",
              "adaptive_eta", "shift_param_groups", "shift_lr", "bn_recalibration", "seed", "quant", "quant_types",
              "freeze")

@@ -31,6 +31,8 @@ class TrainConfig:
     data_dir: Optional[str] = None
     subset: Optional[int] = None  # class-balanced subset of the training split
     test_subset: Optional[int] = None  # class-balanced subset of the test split (quicker evaluation)
+    val_split: Optional[int] = None  # hold out this many training images (class-balanced) for validation:
+    # per-epoch evaluation and model selection then use them, the test split only at the end
     augment: Optional[bool] = None  # None: the data set's default (crop+flip for CIFAR, none otherwise)
     # recipe / optimisation
     recipe: str = "shiftaddnet"
@@ -89,7 +91,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "test_batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("subset", "test_subset"):
+        for name in ("subset", "test_subset", "val_split"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise UserError(f"{name} must be >= 1, got {v}")

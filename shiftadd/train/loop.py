@@ -23,6 +23,8 @@ from shiftadd.train.config import TrainConfig, config_from_dict
 
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
+BEST_DIR = "best"  # the best-by-validation checkpoint of a run trained with val_split
+RESULTS_NAME = "results.json"  # test metrics measured once at the end of a run trained with val_split
 
 #: Fields that may change when a run is resumed (they do not affect the numbers it produces).
 RESUMABLE_OVERRIDES = ("device", "workers", "threads", "progress", "tensorboard", "data_dir", "epochs")
@@ -43,6 +45,9 @@ class TrainResult:
     params: int
     train_seconds: float
     extra: Dict[str, Any] = field(default_factory=dict)
+    #: test metrics: ``{"final": {"epoch", "test_loss", "test_acc", ...}}``, plus ``"best"`` (the
+    #: best-validation model, also with ``val_acc``) for runs with ``val_split``
+    results: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def final(self) -> Dict[str, Any]:
@@ -92,6 +97,20 @@ def load_data(config: TrainConfig):
         raise
     except (ValueError, KeyError) as exc:
         raise UserError(f"cannot load data set {config.dataset!r}: {exc}") from None
+
+
+def split_validation(train_ds, n: int, seed: int):
+    """``(train, val)``: a class-balanced, seed-fixed slice of ``n`` training images held out as ``val``."""
+    from shiftadd.data.dataset import balanced_subset_indices
+
+    total = len(train_ds.labels)
+    if n >= total:
+        raise UserError(f"val_split={n} must be smaller than the training set ({total} images); "
+                        "pass a smaller --val-split")
+    held_out = balanced_subset_indices(train_ds.labels.cpu(), n, seed)
+    keep = torch.ones(total, dtype=torch.bool)
+    keep[held_out] = False
+    return train_ds.subset(torch.nonzero(keep).flatten()), train_ds.subset(held_out)
 
 
 def dataset_shape(ds) -> Tuple[int, int, int]:
@@ -342,8 +361,10 @@ class _Writer:
         except Exception as exc:  # a plotting problem must not stop training
             print(f"warning: could not draw training curves: {exc}")
         if self.tb is not None:
-            for k in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_second"):
-                self.tb.add_scalar(k, row[k], row["epoch"])
+            for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
+                      "images_per_second"):
+                if k in row:
+                    self.tb.add_scalar(k, row[k], row["epoch"])
             self.tb.flush()
 
     def close(self) -> None:
@@ -401,6 +422,9 @@ def _train(config: TrainConfig, out: Optional[str], saved: Optional[ckpt.Checkpo
 
     seed_everything(config.seed)
     train_ds, test_ds = data if data is not None else load_data(config)
+    val_ds = None
+    if config.val_split:  # model selection on held-out training images; the test split only at the end
+        train_ds, val_ds = split_validation(train_ds, config.val_split, config.seed)
     num_classes, channels, size = dataset_shape(train_ds)
     if saved is not None and "model_build" in saved.meta:
         mb = saved.meta["model_build"]
@@ -424,10 +448,15 @@ def _train(config: TrainConfig, out: Optional[str], saved: Optional[ckpt.Checkpo
 
     if device.type == "cuda":  # batches are then cut, augmented and normalised on the GPU
         train_ds, test_ds = train_ds.to(device), test_ds.to(device)
+        val_ds = val_ds.to(device) if val_ds is not None else None
     augment = default_augment(config.dataset) if config.augment is None else config.augment
     # Every process draws the same global batch and keeps its slice: identical data to one process.
     train_loader = BatchLoader(train_ds, config.batch_size, shuffle=True, augment=augment, seed=config.seed)
     test_loader = BatchLoader(test_ds, config.test_batch_size, shuffle=False, augment=False, seed=config.seed)
+    # the split evaluated after every epoch: validation images when held out, else the test split
+    split = "val" if val_ds is not None else "test"
+    epoch_loader = (BatchLoader(val_ds, config.test_batch_size, shuffle=False, augment=False, seed=config.seed)
+                    if val_ds is not None else test_loader)
 
     recal_images = config.bn_recalibration
     if recal_images is None:
@@ -445,6 +474,10 @@ def _train(config: TrainConfig, out: Optional[str], saved: Optional[ckpt.Checkpo
         history = list(saved.meta.get("history", []))
         start_epoch = saved.epoch
         writer.rewrite(history)  # drop metrics of an epoch that was interrupted after its line was written
+    best_epoch, best_acc, best_state = 0, -math.inf, None
+    if val_ds is not None and history:
+        best = max(history, key=lambda h: h["val_acc"])  # the first epoch with the highest accuracy
+        best_epoch, best_acc = best["epoch"], best["val_acc"]
 
     raw_model = model
     if info.enabled:
@@ -472,7 +505,8 @@ def _train(config: TrainConfig, out: Optional[str], saved: Optional[ckpt.Checkpo
         say(f"resuming {out} after epoch {start_epoch} of {config.epochs}")
     elif main:
         say(f"training {config.model} ({config.op}) on {config.dataset}: {len(train_ds.labels)} train / "
-            f"{len(test_ds.labels)} test images, {params:,} parameters, recipe {config.recipe}, "
+            + (f"{len(val_ds.labels)} validation / " if val_ds is not None else "")
+            + f"{len(test_ds.labels)} test images, {params:,} parameters, recipe {config.recipe}, "
             f"{config.epochs} epochs, batch {config.batch_size}"
             + (f", {info.world_size} processes" if info.enabled else "") + f", device {device}")
         if config.init_from:
@@ -571,17 +605,21 @@ def _train(config: TrainConfig, out: Optional[str], saved: Optional[ckpt.Checkpo
         if recal_images:
             recal_loader.set_epoch(epoch)
             recalibrate_batchnorm(raw_model, recal_loader, recal_images, device, info)
-        test = evaluate(raw_model, test_loader, device, info, config.label_smoothing)
-        if not math.isfinite(test["loss"]):
+        evaluated = evaluate(raw_model, epoch_loader, device, info, config.label_smoothing)
+        if not math.isfinite(evaluated["loss"]):
             kept = (f"last good checkpoint (epoch {history[-1]['epoch']}) kept in {out}"
                     if out and history else "no checkpoint was written")
-            raise TrainingDiverged(f"test loss is {test['loss']} after epoch {epoch + 1}; {kept}")
+            raise TrainingDiverged(f"{split} loss is {evaluated['loss']} after epoch {epoch + 1}; {kept}")
         train_seconds += epoch_train
         row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
-               "test_loss": test["loss"], "test_acc": test["acc"], "lr": lr,
+               f"{split}_loss": evaluated["loss"], f"{split}_acc": evaluated["acc"], "lr": lr,
                "seconds": time.time() - t0, "train_seconds": epoch_train,
                "images_per_second": n / max(epoch_train, 1e-9)}
         history.append(row)
+        improved = val_ds is not None and evaluated["acc"] > best_acc
+        if improved:
+            best_epoch, best_acc = epoch + 1, evaluated["acc"]
+            best_state = {k: v.detach().cpu().clone() for k, v in raw_model.state_dict().items()}
         if out is not None:
             rng = D.gather_objects(ckpt.get_rng_state(), info)
             if main:
@@ -591,18 +629,55 @@ def _train(config: TrainConfig, out: Optional[str], saved: Optional[ckpt.Checkpo
                         "model_build": {"name": config.model, "op": config.op, "num_classes": num_classes,
                                         "options": model_opts},
                         "dataset": {"name": config.dataset, "classes": list(map(str, train_ds.classes)),
-                                    "train_size": len(train_ds.labels), "test_size": len(test_ds.labels)},
+                                    "train_size": len(train_ds.labels), "test_size": len(test_ds.labels),
+                                    "val_size": len(val_ds.labels) if val_ds is not None else 0},
                         "params": params, "world_size": info.world_size,
                         "versions": {"torch": torch.__version__}}
+                if improved:  # written before the latest checkpoint: a resumed epoch rewrites it identically
+                    ckpt.save_checkpoint(os.path.join(out, BEST_DIR), raw_model, None, meta)
                 ckpt.save_checkpoint(out, raw_model, optimizer, meta, rng)
             D.barrier(info)
         writer.epoch(row, history, title)
         say(f"epoch {epoch + 1}/{config.epochs}  train loss {train_loss:.4f} acc {100 * train_acc:.2f}%  "
-            f"test loss {test['loss']:.4f} acc {100 * test['acc']:.2f}%  lr {lr:.4g}  "
+            f"{split} loss {evaluated['loss']:.4f} acc {100 * evaluated['acc']:.2f}%  lr {lr:.4g}  "
             f"{row['seconds']:.1f}s ({row['images_per_second']:.0f} img/s)")
     writer.close()
+    if val_ds is None:
+        last = history[-1]
+        results = {"final": {"epoch": last["epoch"], "test_loss": last["test_loss"], "test_acc": last["test_acc"]}}
+    else:
+        if best_state is None:  # the best epoch was trained before this process resumed the run
+            best_state = ckpt.load_checkpoint(os.path.join(out, BEST_DIR)).model_state
+        results = _final_test(raw_model, best_state, best_epoch, best_acc, history[-1]["epoch"], test_loader,
+                              device, info, config.label_smoothing)
+        for name, r in results.items():
+            say(f"test ({name} model, epoch {r['epoch']}): loss {r['test_loss']:.4f} acc {100 * r['test_acc']:.2f}% "
+                f"({r['test_images']} images)")
+        if out is not None and main:
+            ckpt.atomic_write_text(os.path.join(out, RESULTS_NAME), json.dumps(results, indent=1))
     return TrainResult(config, out, history, raw_model, params, train_seconds,
-                       {"model_options": model_opts, "world_size": info.world_size, "rank": info.rank})
+                       {"model_options": model_opts, "world_size": info.world_size, "rank": info.rank}, results)
+
+
+def _final_test(model: nn.Module, best_state: Dict[str, torch.Tensor], best_epoch: int, best_val_acc: float,
+                last_epoch: int, test_loader, device: torch.device, info: D.DistInfo,
+                label_smoothing: float) -> Dict[str, Dict[str, Any]]:
+    """Test metrics of the final model and of the best-validation model (evaluated once, after training)."""
+    import copy
+
+    def measure(m: nn.Module, epoch: int) -> Dict[str, Any]:
+        r = evaluate(m, test_loader, device, info, label_smoothing)
+        return {"epoch": epoch, "test_loss": r["loss"], "test_acc": r["acc"], "test_images": r["n"]}
+
+    final = measure(model, last_epoch)
+    if best_epoch == last_epoch:
+        best = dict(final)
+    else:
+        best_model = copy.deepcopy(model)
+        best_model.load_state_dict(best_state)
+        best = measure(best_model, best_epoch)
+    best["val_acc"] = best_val_acc
+    return {"final": final, "best": best}
 
 
 def load_trained_model(path: str, device: str = "cpu", data=None) -> Tuple[nn.Module, TrainConfig, ckpt.Checkpoint]:
@@ -621,6 +696,16 @@ def load_trained_model(path: str, device: str = "cpu", data=None) -> Tuple[nn.Mo
         model, _ = build_model(config.model, config.op, num_classes, config.model_options, channels, size)
     prepare_model(model, config, saved.model_state, new_run=False)
     return model.to(resolve_device(device)).eval(), config, saved
+
+
+def best_checkpoint_path(run: str) -> str:
+    """The directory of the best-validation checkpoint of the run in ``run`` (trained with ``val_split``)."""
+    meta_path = ckpt.resolve_checkpoint_path(run)
+    best = os.path.join(os.path.dirname(meta_path), BEST_DIR)
+    if not os.path.isfile(os.path.join(best, ckpt.META_NAME)):
+        raise CheckpointError(f"{run} has no best-validation checkpoint ({BEST_DIR}/); only runs trained with "
+                              "--val-split keep one")
+    return best
 
 
 def checkpoint_config(path: str, data_dir: Optional[str] = None, test_subset: Optional[int] = None) -> TrainConfig:

@@ -30,18 +30,21 @@ def _save(fig, path: str, title: str = "") -> str:
 
 
 def plot_curves(history: Sequence[Dict[str, Any]], path: str, title: str = "") -> str:
-    """Loss and accuracy per epoch (train and test) from metrics rows; returns ``path``."""
+    """Loss and accuracy per epoch (train and validation, or test without a validation split) from
+    metrics rows; returns ``path``."""
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
+    split = "val" if history and "val_acc" in history[0] else "test"
+    label = "validation" if split == "val" else "test"
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax1.plot(epochs, [h["test_loss"] for h in history], "s-", label="test")
+    ax1.plot(epochs, [h[f"{split}_loss"] for h in history], "s-", label=label)
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("cross-entropy loss")
     ax1.legend()
     ax1.grid(alpha=0.3)
     ax2.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
-    ax2.plot(epochs, [100 * h["test_acc"] for h in history], "s-", label="test")
+    ax2.plot(epochs, [100 * h[f"{split}_acc"] for h in history], "s-", label=label)
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("accuracy (%)")
     ax2.legend()
