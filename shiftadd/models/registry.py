@@ -29,11 +29,13 @@ class ModelInfo:
     name: str
     #: Shape of one input sample without the batch: (C, H, W) for images, (C, L) for sequences.
     input_shape: Optional[Tuple[int, ...]]
-    #: Architecture options the builder takes (besides ``op``/``num_classes``); None if they cannot be read
-    #: from its signature. Layer options (``eta``, ``weight_bits``, ...) are the operator families'.
+    #: Options the builder takes besides ``op``/``num_classes`` (read from its signature and, for a
+    #: ``**options`` builder, from the class it is annotated to return, including the operator families'
+    #: layer options when that class forwards ``**layer_options``); None if they cannot be read.
     options: Optional[FrozenSet[str]]
     description: str
     aliases: Tuple[str, ...]
+    #: The builder's default number of classes (``create()`` itself defaults to 10 for every model).
     num_classes: int
     paper: str = ""
 
@@ -121,11 +123,11 @@ def create_for_data(name: str, op: str = "conv", num_classes: int = 10, in_chann
                     image_size: Optional[int] = None, **options: Any) -> nn.Module:
     """:func:`create`, passing the data's ``in_channels``/``image_size`` only to builders that take them.
 
-    Explicit ``options`` win over the data-derived values. Nothing is built twice, so the weights equal
-    those of ``create(name, op, num_classes, **data_options(...), **options)`` under the same seed.
+    The model is built once, so its weights equal those of
+    ``create(name, op, num_classes, **data_options(name, in_channels, image_size), **options)`` under the
+    same seed. A builder that only takes ``**options`` and returns no annotated class gets neither.
     """
-    derived = {k: v for k, v in data_options(name, in_channels, image_size).items() if k not in options}
-    return create(name, op=op, num_classes=num_classes, **derived, **options)
+    return create(name, op=op, num_classes=num_classes, **data_options(name, in_channels, image_size), **options)
 
 
 def _builder_options(fn: Builder) -> Optional[FrozenSet[str]]:
