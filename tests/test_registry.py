@@ -172,6 +172,18 @@ def test_model_info_options_come_from_the_signatures():
     assert model_info("shiftresnet20").accepts("expansion")
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_inferred_data_options_match_what_the_builder_really_takes(name):
+    shape = model_info(name).input_shape
+    for key, value in (("in_channels", shape[0]), ("image_size", shape[-1])):
+        try:
+            create(name, **_small(name), **{key: value})
+            takes = True
+        except (TypeError, ValueError):  # unexpected keyword / unknown layer option
+            takes = False
+        assert model_info(name).accepts(key) == takes, key
+
+
 def test_explicit_and_opaque_builder_signatures(scratch_models):
     @register_model("toy-explicit", input_shape=(2, 8, 8), description="explicit", paper="none")
     def toy_explicit(op: str = "conv", num_classes: int = 4, image_size: int = 8, depth: int = 1):

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from shiftadd.errors import UserError
 from shiftadd.nn.families import op_help
 
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``energy`` sub-command."""
     p = subparsers.add_parser(
