@@ -309,3 +309,19 @@ def test_energy_uses_the_declared_input_shape(scratch_models):
         return nn.Linear(1, num_classes)
 
     assert default_input_shape("toy-shapeless") is None
+
+
+def test_a_run_saved_under_an_old_model_name_loads(tmp_path, capsys):
+    from shiftadd.cli import main
+    from shiftadd.train.loop import load_trained_model
+
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "embedded", "--subset", "20", "--test-subset", "20", "--epochs", "1",
+            "--batch-size", "10", "--model", "fe_net", "-O", "expansion=1", "--op", "shift-ps", "--threads", "1",
+            "--no-progress", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    model, config, _ = load_trained_model(str(out))
+    assert config.model == "fe_net"
+    assert type(model).__name__ == "FENet"
+    assert main(["eval", "--checkpoint", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["model"] == "fe_net"

@@ -15,11 +15,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shiftadd.models.registry import register_model
+from shiftadd.nn.families import families
+
 
 def has_adder(op: str) -> bool:
     """True when layers of family ``op`` contain an adder (L1-distance) layer (BatchNorm must follow them)."""
-    from shiftadd.nn.families import families
-
     return any(f.name == op for f in families(has_adder=True))
 
 
