@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import shiftadd.models.shiftnet  # noqa: E402,F401  (registers the models)
 from shiftadd.data import BatchLoader, load_dataset  # noqa: E402
-from shiftadd.models import create  # noqa: E402
+from shiftadd.models import create, resolve_model_name  # noqa: E402
 from shiftadd.nn.spatial_shift import (  # noqa: E402
     ActiveShift, SparseShift, freeze_sparse_shifts, remove_zero_shift_layers, shift_sparsity_report,
     total_shift_sparsity)
@@ -65,10 +65,11 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
+    a.model = resolve_model_name(a.model)  # canonical spelling (fe_net -> fe-net)
     options = {} if a.model.startswith("resnet") else {"expansion": a.expansion}
     if a.shift is not None:
         options["shift"] = a.shift
-    if (a.shift == "sparse") or (a.model == "fe_net" and a.shift in (None, "sparse")):
+    if (a.shift == "sparse") or (a.model == "fe-net" and a.shift in (None, "sparse")):
         options["shift_options"] = {"l1": a.l1}
     model = create(a.model, op=a.op, **options).to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters())

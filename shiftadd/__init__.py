@@ -12,7 +12,8 @@ from typing import Any, Dict
 from shiftadd import nn, ops
 from shiftadd.nn import (
     ActiveShift2d, AdderConv1d, AdderConv2d, AdderLinear, ShiftAddConv1d, ShiftAddConv2d, ShiftAddLinear,
-    ShiftConv1d, ShiftConv2d, ShiftLinear, SparseShift2d, SpatialShift2d, conv_layer, convert, linear_layer,
+    OperatorFamily, ShiftConv1d, ShiftConv2d, ShiftLinear, SparseShift2d, SpatialShift2d, conv_layer, convert,
+    family_names, get_family, linear_layer, register_family,
 )
 from shiftadd.optim import AdderAdaptiveLR, scale_adder_gradients
 
@@ -42,6 +43,7 @@ def backends() -> Dict[str, Any]:
 
 __all__ = [
     "nn", "ops", *_LAZY, "convert", "conv_layer", "linear_layer", "backends",
+    "OperatorFamily", "register_family", "get_family", "family_names",
     "AdderConv1d", "AdderConv2d", "AdderLinear", "ShiftConv1d", "ShiftConv2d", "ShiftLinear",
     "ShiftAddConv1d", "ShiftAddConv2d", "ShiftAddLinear", "SpatialShift2d", "ActiveShift2d", "SparseShift2d",
     "AdderAdaptiveLR", "scale_adder_gradients",

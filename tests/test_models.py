@@ -27,7 +27,7 @@ OURS = sorted(SPECS)
 PREFIX_SPECS = {
     "shiftresnet": ((2, 3, 8, 8), {"width": 4, "expansion": 1}),
     "addressnet": ((2, 3, 8, 8), {"width": 8, "expansion": 1}),
-    "fe_net": ((2, 3, 16, 16), {"expansion": 1}),
+    "fe-net": ((2, 3, 16, 16), {"expansion": 1}),
 }
 
 

@@ -462,7 +462,7 @@ def test_registry_names_and_forward():
     from shiftadd.models import create, list_models
 
     names = list_models()
-    for n in ("shiftresnet20", "shiftresnet56", "shiftresnet110", "fe_net", "addressnet20"):
+    for n in ("shiftresnet20", "shiftresnet56", "shiftresnet110", "fe-net", "addressnet20"):
         assert n in names
     x = torch.randn(2, 3, 32, 32)
     for n in ("shiftresnet20", "fe_net", "addressnet20"):

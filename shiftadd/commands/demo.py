@@ -24,15 +24,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shiftadd.models import OPS, list_models
+    from shiftadd.models import OPS, resolve_model_name
     from shiftadd.train.compare import compare, format_table
 
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     bad = [o for o in ops if o not in OPS]
     if bad:
         raise UserError(f"unknown op(s) {bad}; choose from {', '.join(OPS)}")
-    if args.model not in list_models():
-        raise UserError(f"unknown model {args.model!r}; see `shiftadd models`")
+    try:
+        resolve_model_name(args.model)
+    except ValueError:
+        raise UserError(f"unknown model {args.model!r}; see `shiftadd models`") from None
     if args.epochs < 1 or args.batch_size < 1:
         raise UserError("--epochs and --batch-size must be positive")
     os.makedirs(args.out, exist_ok=True)

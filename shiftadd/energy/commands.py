@@ -15,12 +15,7 @@ import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from shiftadd.errors import UserError
-
-#: Input shape (without the batch) of the zoo's architectures.
-DEFAULT_INPUT_SHAPES = {
-    "resnet": (3, 32, 32), "vgg": (3, 32, 32), "mnist": (1, 28, 28), "lenet": (1, 28, 28), "har": (6, 128),
-    "shiftresnet": (3, 32, 32), "fe_net": (3, 32, 32), "addressnet": (3, 32, 32),
-}
+from shiftadd.nn.families import op_help
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,8 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "price them with an energy table (45 nm ASIC, ZC706 FPGA or your own YAML file).",
         epilog="Tables and counting rules: docs/energy.md.")
     p.add_argument("--model", default=None, help="architecture (see `shiftadd models`), e.g. resnet20, vgg-small")
-    p.add_argument("--op", default="conv", help="operator family: conv, adder, shift-q, shift-ps, shiftadd, "
-                                                "shiftadd-fixed (default conv)")
+    p.add_argument("--op", default="conv", help=op_help("conv"))
     p.add_argument("--platform", default="asic45nm",
                    help="asic45nm (alias asic), fpga_zc706 (alias fpga) or a YAML table file (default asic45nm)")
     p.add_argument("--format", dest="fmt", default="fp32", help="number format: fp32, fp16 (ASIC), fix32, fix16, fix8")
@@ -88,30 +82,34 @@ def _parse_options(items: List[str]) -> Dict[str, Any]:
 
 
 def default_input_shape(model: str) -> Optional[Tuple[int, ...]]:
-    """The per-sample input shape of zoo architecture ``model`` (None if unknown)."""
-    for prefix, shape in DEFAULT_INPUT_SHAPES.items():
-        if model.startswith(prefix):
-            return shape
-    return None
+    """The per-sample input shape of zoo architecture ``model`` (None if it declares none)."""
+    from shiftadd.models import model_info
+
+    return model_info(model).input_shape
 
 
 def _resolve_model(name: str) -> str:
-    from shiftadd.models import list_models
+    from shiftadd.models import resolve_model_name
 
-    names = list_models()
-    if name in names:
-        return name
-    alt = name.replace("_", "-")
-    if alt in names:
-        return alt
-    raise UserError(f"unknown model {name!r}; choose one of: {', '.join(names)}")
+    try:
+        return resolve_model_name(name)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _check_op(op: str) -> None:
+    from shiftadd.nn.families import get_family
+
+    try:
+        get_family(op)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _build(model: str, op: str, num_classes: Optional[int], options: Dict[str, Any]):
-    from shiftadd.models import OPS, create
+    from shiftadd.models import create
 
-    if op not in OPS:
-        raise UserError(f"unknown op {op!r}; choose one of: {', '.join(OPS)}")
+    _check_op(op)
     kw = dict(options)
     if num_classes is not None:
         kw["num_classes"] = num_classes
@@ -155,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     from shiftadd.energy.costs import load_table
     from shiftadd.energy.counting import OPTIMIZER_OPS, count_ops
     from shiftadd.energy.profile import evaluate, format_energy
-    from shiftadd.models import OPS
+    from shiftadd.nn.families import family_names
 
     table = load_table(args.platform)  # validates the platform first
     table.format(args.fmt)
@@ -166,11 +164,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.model:
         raise UserError("--model is required (e.g. --model resnet20); see `shiftadd models`")
     model_name = _resolve_model(args.model)
-    if args.op not in OPS:
-        raise UserError(f"unknown op {args.op!r}; choose one of: {', '.join(OPS)}")
+    _check_op(args.op)
     baseline_op = None if str(args.baseline_op).lower() == "none" else args.baseline_op
-    if baseline_op is not None and baseline_op not in OPS:
-        raise UserError(f"unknown --baseline-op {baseline_op!r}; choose one of: {', '.join(OPS)} or none")
+    if baseline_op is not None and baseline_op not in family_names():
+        raise UserError(f"unknown --baseline-op {baseline_op!r}; choose one of: {', '.join(family_names())} or none")
     memory = None if str(args.memory).lower() == "none" else args.memory
     if memory is not None:
         table.memory_pj_per_bit(memory)
@@ -200,8 +197,9 @@ def run(args: argparse.Namespace) -> int:
                         label=f"{model_name}/{op}")
 
     if args.all_ops:
-        profiles = [run_op(op) for op in OPS]
-        base = profiles[OPS.index(baseline_op or "conv")]
+        ops = family_names()
+        profiles = [run_op(op) for op in ops]
+        base = profiles[ops.index(baseline_op or "conv")]
         if args.json:
             print(json.dumps([{**{k: v for k, v in p.as_dict().items() if k != "layers"},
                                "saving_vs_baseline": p.saving(base),

@@ -72,14 +72,14 @@ def breakdown(p: EnergyProfile) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from shiftadd.models import OPS
+    from shiftadd.nn.families import families, family_names
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet20,vgg-small")
     ap.add_argument("--img", default=None, help="folder for the figures (none when omitted)")
     args = ap.parse_args(argv)
     for model in args.models.split(","):
-        counts = family_counts(model, OPS)
+        counts = family_counts(model, family_names())
         conv = counts["conv"]
         print(f"\n### {model}\n")
         print(f"conv: {conv.macs() / 1e6:.2f} M multiply-accumulates per image, {conv.params:,} parameters\n")
@@ -87,7 +87,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"#### {model}, {'one training step' if training else 'inference'} (one image, compute)\n")
             print(markdown_table(counts, training))
             print()
-        sign = family_counts(model, ("adder", "shiftadd", "shiftadd-fixed"), grad_mode="sign")
+        sign = family_counts(model, [f.name for f in families(has_adder=True)], grad_mode="sign")
         sign = {"conv": conv, **{f"{k} (sign grad)": v for k, v in sign.items()}}
         print(f"#### {model}, one training step with sign gradients in the adder layers\n")
         print(markdown_table(sign, True))

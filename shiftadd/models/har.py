@@ -54,7 +54,7 @@ class HarCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-@register_model("har-cnn")
+@register_model("har-cnn", input_shape=(6, 128))
 def har_cnn(op: str = "conv", num_classes: int = 12, **options: Any) -> HarCNN:
     """1-D CNN for sensor activity windows. Options: in_channels=6, widths=(32, 64, 64), kernel_size=5,
     keep_first_last, plus layer options."""

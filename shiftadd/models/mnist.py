@@ -101,20 +101,20 @@ def _feature_size(image_size: int, paddings: Tuple[int, int]) -> int:
     return size
 
 
-@register_model("mnist-mlp")
+@register_model("mnist-mlp", input_shape=(1, 28, 28))
 def mnist_mlp(op: str = "conv", num_classes: int = 10, **options: Any) -> MnistMLP:
     """DeepShift's 3-layer MLP (784-512-512-10). Options: in_channels, image_size, hidden, dropout,
     keep_first_last, batch_norm, plus layer options."""
     return MnistMLP(op=op, num_classes=num_classes, **options)
 
 
-@register_model("mnist-cnn")
+@register_model("mnist-cnn", input_shape=(1, 28, 28))
 def mnist_cnn(op: str = "conv", num_classes: int = 10, **options: Any) -> ConvPoolNet:
     """DeepShift's 2-conv CNN. Options: in_channels, image_size, keep_first_last, batch_norm, layer options."""
     return ConvPoolNet("mnist-cnn", (20, 50), (0, 0), (500,), op=op, num_classes=num_classes, **options)
 
 
-@register_model("lenet5")
+@register_model("lenet5", input_shape=(1, 28, 28))
 def lenet5(op: str = "conv", num_classes: int = 10, **options: Any) -> ConvPoolNet:
     """LeNet-5. Options: in_channels, image_size, keep_first_last, batch_norm, layer options."""
     return ConvPoolNet("lenet5", (6, 16), (2, 0), (120, 84), op=op, num_classes=num_classes, **options)

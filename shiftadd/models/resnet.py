@@ -15,14 +15,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shiftadd.models.registry import register_model
-
-#: Operator families whose layers contain an adder layer (BatchNorm must follow them).
-ADDER_OPS = ("adder", "shiftadd", "shiftadd-fixed")
+from shiftadd.nn.families import families
 
 
 def has_adder(op: str) -> bool:
-    """True when layers of family ``op`` contain an adder (L1-distance) layer."""
-    return op in ADDER_OPS
+    """True when layers of family ``op`` contain an adder (L1-distance) layer (BatchNorm must follow them)."""
+    return any(f.name == op for f in families(has_adder=True))
 
 
 def edge_op(op: str, keep_first_last: bool) -> str:
@@ -151,4 +149,4 @@ def _builder(depth: int):
 
 
 for _depth in (8, 20, 32, 56, 110):
-    register_model(f"resnet{_depth}")(_builder(_depth))
+    register_model(f"resnet{_depth}", input_shape=(3, 32, 32), paper="He et al., CVPR 2016")(_builder(_depth))

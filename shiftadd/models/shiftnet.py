@@ -6,7 +6,7 @@
   when the shape changes, as in the authors' code), then ReLU. ``shift`` picks the shift layer:
   ``"grouped"`` (fixed 3x3 grouped shift, the paper), ``"active"`` (Jeon & Kim) or ``"sparse"``
   (Chen et al., the paper's "ShiftResNet (SSL)").
-* ``fe_net`` (Chen et al., CVPR 2019): a CIFAR-sized network of FE-Blocks. Unit ``i`` of an
+* ``fe-net`` (Chen et al., CVPR 2019): a CIFAR-sized network of FE-Blocks. Unit ``i`` of an
   n-unit block computes on the first ``round(C*(i+1)/n)`` channels only (inverted bottleneck
   1x1 -> BN -> ReLU -> sparse shift -> 1x1 -> BN, residual) and passes the rest through, so
   more channels enter the computation as the block goes on; the last unit takes all channels
@@ -161,7 +161,8 @@ def _shiftresnet_builder(depth: int):
 
 
 for _depth in (20, 32, 44, 56, 110):
-    register_model(f"shiftresnet{_depth}")(_shiftresnet_builder(_depth))
+    register_model(f"shiftresnet{_depth}", input_shape=(3, 32, 32),
+                   paper="Wu et al., CVPR 2018")(_shiftresnet_builder(_depth))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +264,7 @@ class FENet(_ShiftNetwork):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-@register_model("fe_net")
+@register_model("fe-net", input_shape=(3, 32, 32), aliases=("fe_net",), paper="Chen et al., CVPR 2019")
 def fe_net(op: str = "conv", num_classes: int = 10, expansion: float = 6, **options: Any) -> FENet:
     """CIFAR FE-Net (Chen et al. 2019) with sparse shift layers. Options: expansion=6, blocks=FE_NET_CIFAR,
     shift='sparse'|'grouped'|'active', shift_options={'l1': 5e-4, ...}, keep_first_last=True, layer options."""
@@ -335,4 +336,5 @@ def _addressnet_builder(depth: int):
 
 
 for _depth in (20, 44, 56):
-    register_model(f"addressnet{_depth}")(_addressnet_builder(_depth))
+    register_model(f"addressnet{_depth}", input_shape=(3, 32, 32), paper="Zhong et al., WACV 2019")(
+        _addressnet_builder(_depth))

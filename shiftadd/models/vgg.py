@@ -72,14 +72,14 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-@register_model("vgg-small")
+@register_model("vgg-small", input_shape=(3, 32, 32), paper="AdderNet (Chen et al., CVPR 2020)")
 def vgg_small(op: str = "conv", num_classes: int = 10, **options: Any) -> VGG:
     """AdderNet's VGG-small for CIFAR (6 conv layers + 1 FC). Options: in_channels, image_size,
     keep_first_last, width_mult, plus layer options."""
     return VGG(VGG_SMALL, op=op, num_classes=num_classes, **options)
 
 
-@register_model("vgg19-small")
+@register_model("vgg19-small", input_shape=(3, 32, 32), paper="ShiftAddNet (You et al., NeurIPS 2020)")
 def vgg19_small(op: str = "conv", num_classes: int = 10, **options: Any) -> VGG:
     """ShiftAddNet's VGG-19-small for CIFAR (16 conv layers, FC 512-512-classes, no dropout)."""
     options.setdefault("hidden", (512,))

@@ -72,7 +72,11 @@ class AdderConv2d(_AdderConvNd):
 
 
 class AdderLinear(nn.Module):
-    """Adder fully-connected layer: out[o] = -sum_i |x[i] - w[o, i]|."""
+    """Adder fully-connected layer: out[o] = -sum_i |x[i] - w[o, i]|.
+
+    ``bias`` defaults to False, unlike ``nn.Linear``: AdderNet follows every adder layer by BatchNorm,
+    which makes a bias redundant. :func:`shiftadd.nn.linear_layer` asks for it explicitly (default True).
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, grad_mode: str = "full",
                  eta: float = 0.2, device=None, dtype=None) -> None:

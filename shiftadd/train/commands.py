@@ -8,15 +8,7 @@ import sys
 from typing import Any, Dict
 
 from shiftadd.errors import UserError
-
-OP_DESCRIPTIONS = {
-    "conv": "multiplication (ordinary convolution / linear layer)",
-    "adder": "AdderNet: -sum|x - w| (additions only)",
-    "shift-q": "DeepShift-Q: weights rounded to +-2^p (bit shifts)",
-    "shift-ps": "DeepShift-PS: trained shift p and sign s (bit shifts)",
-    "shiftadd": "ShiftAddNet: bit-shift layer then adder layer",
-    "shiftadd-fixed": "ShiftAddNet with the shift layer frozen",
-}
+from shiftadd.nn.families import op_help
 
 # flag name -> config key, for flags that map one-to-one
 _DIRECT = ("model", "op", "dataset", "data_dir", "subset", "test_subset", "val_split", "epochs", "batch_size", "test_batch_size", "lr",
@@ -73,11 +65,11 @@ def register(subparsers) -> None:
                     "Run under `torchrun --nproc_per_node N` for data-parallel training.")
     g = p.add_argument_group("what to train")
     g.add_argument("--model", default=S, help="architecture (see `shiftadd models`), default resnet20")
-    g.add_argument("--op", default=S, help="operator family: conv, adder, shift-q, shift-ps, shiftadd, shiftadd-fixed")
+    g.add_argument("--op", default=S, help=op_help())
     g.add_argument("--model-option", "-O", dest="model_option", action="append", type=_model_option, default=S,
                    metavar="KEY=VALUE", help="architecture/layer option, e.g. keep_first_last=false, weight_bits=4")
     g.add_argument("--expansion", type=int, default=S,
-                   help="expansion of shift-based models (shiftresnet*, fe_net); same as -O expansion=N")
+                   help="expansion of shift-based models (shiftresnet*, fe-net); same as -O expansion=N")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=S, help="cifar10, cifar100, mnist, folder or embedded (default cifar10)")
     g.add_argument("--data-dir", dest="data_dir", default=S, help="where the data set lives")
@@ -162,25 +154,34 @@ def register(subparsers) -> None:
 
 
 def _cmd_models(args) -> int:
-    from shiftadd.models import OPS, list_models
-    from shiftadd.models import registry
+    from shiftadd.models import list_models, model_info
+    from shiftadd.nn.families import families
 
     models = []
     for name in list_models():
-        doc = " ".join((registry._MODELS[name].__doc__ or "").split())
-        models.append({"name": name, "description": doc.split(" Options:")[0]})
-    ops = [{"name": op, "description": OP_DESCRIPTIONS.get(op, "")} for op in OPS]
+        info = model_info(name)
+        models.append({"name": name, "description": info.description,
+                       "input_shape": list(info.input_shape) if info.input_shape else None,
+                       "aliases": list(info.aliases), "num_classes": info.num_classes, "paper": info.paper})
+    ops = [{"name": f.name, "description": f.description, "multiplication_free": f.multiplication_free,
+            "has_adder": f.has_adder, "has_shift": f.has_shift, "paper": f.paper} for f in families()]
     if args.json:
         print(json.dumps({"models": models, "ops": ops}, indent=1))
         return 0
-    width = max(len(x["name"]) for x in models + ops)
-    print("architectures:")
-    for m in models:
-        print(f"  {m['name']:<{width}}  {m['description']}")
     print("operator families (--op):")
-    for o in ops:
-        print(f"  {o['name']:<{width}}  {o['description']}")
+    _print_table(["name", "mult-free", "description"],
+                 [[o["name"], "yes" if o["multiplication_free"] else "no", o["description"]] for o in ops])
+    print("architectures (--model):")
+    _print_table(["name", "input", "aliases", "description"],
+                 [[m["name"], "x".join(map(str, m["input_shape"] or [])) or "?", ",".join(m["aliases"]) or "-",
+                   m["description"]] for m in models])
     return 0
+
+
+def _print_table(head, rows) -> None:
+    widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head) - 1)]
+    for r in [head] + rows:
+        print("  " + "  ".join(f"{c:<{w}}" for c, w in zip(r, widths)) + "  " + str(r[-1]))
 
 
 def _overrides(args) -> Dict[str, Any]:

@@ -76,10 +76,12 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check ranges and choices; raise :class:`UserError` naming the bad field."""
-        from shiftadd.models import OPS, list_models
+        from shiftadd.models import OPS, resolve_model_name
 
-        if self.model not in list_models():
-            raise UserError(f"unknown model {self.model!r}; choose one of: {', '.join(list_models())}")
+        try:
+            resolve_model_name(self.model)  # an old name (alias) of a checkpoint is fine
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
         if self.op not in OPS:
             raise UserError(f"unknown op {self.op!r}; choose one of: {', '.join(OPS)}")
         if self.recipe not in RECIPES:
