@@ -81,3 +81,12 @@ def test_weights_that_do_not_fit_the_architecture(weights_dir):
     card_path.write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match="do not fit mnist-cnn/shift-ps"):
         P.load_pretrained("tiny-mlp")
+
+
+def test_create_pretrained_loads_the_card_of_that_family(weights_dir):
+    model, x = _save_tiny(weights_dir)
+    loaded = create("mnist-mlp", op="shift-ps", pretrained=True)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+    with pytest.raises(UserError, match="no pretrained weights for model 'mnist-mlp' with op 'adder'"):
+        create("mnist-mlp", op="adder", pretrained=True)

@@ -104,10 +104,19 @@ def model_info(name: str) -> ModelInfo:
                      entry.aliases, default if isinstance(default, int) else 10, entry.paper)
 
 
-def create(name: str, op: str = "conv", num_classes: int = 10, **options: Any) -> nn.Module:
-    """Build architecture ``name`` (aliases accepted) with operator family ``op``."""
+def create(name: str, op: str = "conv", num_classes: int = 10, pretrained: bool = False,
+           **options: Any) -> nn.Module:
+    """Build architecture ``name`` (aliases accepted) with operator family ``op``.
+
+    ``pretrained=True`` loads the shipped (or ``$SHIFTADD_WEIGHTS``) weights of that architecture and
+    family, SHA-256 checked (:mod:`shiftadd.models.pretrained`); the model is returned in eval mode.
+    """
     canonical = resolve_model_name(name)
     get_family(op)
+    if pretrained:
+        from shiftadd.models.pretrained import find_pretrained, load_pretrained
+
+        return load_pretrained(find_pretrained(canonical, op), **options)
     return _MODELS[canonical].builder(op=op, num_classes=num_classes, **options)
 
 
