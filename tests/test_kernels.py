@@ -294,3 +294,17 @@ def test_bench_cli_quick(ext, capsys):
     assert "conv2d (oneDNN)" in out and "adder cpu fused" in out and "int8 adder" in out
     assert main(["bench", "--backends"]) == 0
     assert "cpu" in capsys.readouterr().out
+
+
+def test_bench_cli_network_rows_reach_the_json(ext, tmp_path, capsys):
+    import json
+
+    from shiftadd.cli import main
+
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--shapes", "quick", "--repeats", "1", "--no-reference", "--forward-only", "--no-int8",
+                 "--network", "--batch", "2", "--json", str(path)]) == 0
+    assert "whole-network training step" in capsys.readouterr().out
+    network = json.loads(path.read_text())["network"]
+    assert [r["variant"] for r in network] == ["conv", "adder", "adder-fused"]
+    assert all(r["model"] == "resnet20" and r["batch"] == 2 and r["step_ms"] > 0 for r in network)
