@@ -1,7 +1,7 @@
 """to_integer(): trained float layers -> integer inference modules, one handler per float layer type.
 
 A handler turns one trained layer into its integer module; :data:`INTEGER_HANDLERS` maps float layer
-types to handlers, and supporting a new layer type is one :func:`register_integer_handler` entry.
+types to handlers, and supporting a new layer type is one entry (or :func:`register_integer_handler`).
 Subclasses of a registered type use its handler (nearest base class first).
 """
 from __future__ import annotations
@@ -27,8 +27,26 @@ class IntegerOptions:
 
 IntegerHandler = Callable[[nn.Module, IntegerOptions], nn.Module]
 
+
+def _with_act_max(int_cls) -> IntegerHandler:
+    """Handler ``int_cls.from_float(layer, options.act_max)`` (adder layers)."""
+    return lambda layer, options: int_cls.from_float(layer, options.act_max)
+
+
+def _with_activation_bits(int_cls) -> IntegerHandler:
+    """Handler ``int_cls.from_float(layer, options.activation_bits)`` (shift layers)."""
+    return lambda layer, options: int_cls.from_float(layer, options.activation_bits)
+
+
 #: float layer type -> handler building its integer inference module
-INTEGER_HANDLERS: Dict[Type[nn.Module], IntegerHandler] = {}
+INTEGER_HANDLERS: Dict[Type[nn.Module], IntegerHandler] = {
+    AdderConv1d: _with_act_max(IntAdderConv2d),
+    AdderConv2d: _with_act_max(IntAdderConv2d),
+    AdderLinear: _with_act_max(IntAdderLinear),
+    ShiftConv1d: _with_activation_bits(IntShiftConv2d),
+    ShiftConv2d: _with_activation_bits(IntShiftConv2d),
+    ShiftLinear: _with_activation_bits(IntShiftLinear),
+}
 
 
 def register_integer_handler(*float_types: Type[nn.Module]) -> Callable[[IntegerHandler], IntegerHandler]:
@@ -51,26 +69,6 @@ def integer_handler(module: nn.Module) -> Optional[IntegerHandler]:
         if handler is not None:
             return handler
     return None
-
-
-@register_integer_handler(AdderConv1d, AdderConv2d)
-def _adder_conv(module: nn.Module, options: IntegerOptions) -> nn.Module:
-    return IntAdderConv2d.from_float(module, options.act_max)
-
-
-@register_integer_handler(AdderLinear)
-def _adder_linear(module: nn.Module, options: IntegerOptions) -> nn.Module:
-    return IntAdderLinear.from_float(module, options.act_max)
-
-
-@register_integer_handler(ShiftConv1d, ShiftConv2d)
-def _shift_conv(module: nn.Module, options: IntegerOptions) -> nn.Module:
-    return IntShiftConv2d.from_float(module, options.activation_bits)
-
-
-@register_integer_handler(ShiftLinear)
-def _shift_linear(module: nn.Module, options: IntegerOptions) -> nn.Module:
-    return IntShiftLinear.from_float(module, options.activation_bits)
 
 
 def to_integer_module(module: nn.Module, act_max: Optional[float] = None,

@@ -60,6 +60,36 @@ def _fixed_point(x: torch.Tensor, bits: Tuple[int, int], signed: bool) -> torch.
     return torch.round(x.detach().double().clamp(lo, hi) * 2.0 ** bits[1]).to(torch.int32)
 
 
+class _IntConv2d(nn.Module):
+    """What the integer convolutions share: conv2d geometry, bias, and 1-D layers run as 1 x k conv2d."""
+
+    _dim = 2
+
+    def _init_geometry(self, bias: Optional[torch.Tensor], stride: IntOrTuple, padding: IntOrTuple,
+                       dilation: IntOrTuple, groups: int) -> None:
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self.stride, self.padding, self.dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
+        self.groups = int(groups)
+
+    def _output(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output without bias for a 4-D input, computed through the integer kernel."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        unsq = self._dim == 1
+        if unsq:
+            x = x.unsqueeze(2)
+        y = self._output(x)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1, 1)
+        return y.squeeze(2) if unsq else y
+
+    def _geometry_repr(self, weight_shape: torch.Size) -> str:
+        return (f"{weight_shape[1] * self.groups}, {weight_shape[0]}, kernel_size={tuple(weight_shape[2:])}, "
+                f"stride={self.stride}, padding={self.padding}")
+
+
 # ---------------------------------------------------------------------------------------------
 # adder: shared-scale int8
 
@@ -113,20 +143,16 @@ class _SharedScaleInt8(nn.Module):
         return self._cache[1]
 
 
-class IntAdderConv2d(_SharedScaleInt8):
+class IntAdderConv2d(_SharedScaleInt8, _IntConv2d):
     """Inference-only adder conv2d on int8 codes with one shared scale (float in, float out):
     out = s * int_adder_conv2d(q(x), q(w)) + bias (see :class:`_SharedScaleInt8` for s)."""
-
-    _dim = 2
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, stride: IntOrTuple = 1,
                  padding: IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1,
                  act_max: Optional[float] = None, bits: int = 8, quantizer=None) -> None:
         super().__init__()
         self._init_quant(weight, act_max, bits, quantizer)
-        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        self.stride, self.padding, self.dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
-        self.groups = int(groups)
+        self._init_geometry(bias, stride, padding, dilation, groups)
 
     @classmethod
     def from_float(cls, module: nn.Module, act_max: Optional[float] = None, bits: int = 8) -> "IntAdderConv2d":
@@ -138,21 +164,13 @@ class IntAdderConv2d(_SharedScaleInt8):
             m._dim = 1
         return m
 
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        unsq = self._dim == 1
-        if unsq:
-            x = x.unsqueeze(2)
+    def _output(self, x: torch.Tensor) -> torch.Tensor:
         s = self.scale(x)
-        y = int_adder_conv2d(self._codes(x, s), self._qweight(s), self.stride, self.padding,
-                             self.dilation, self.groups).float() * s
-        if self.bias is not None:
-            y = y + self.bias.view(1, -1, 1, 1)
-        return y.squeeze(2) if unsq else y
+        return int_adder_conv2d(self._codes(x, s), self._qweight(s), self.stride, self.padding,
+                                self.dilation, self.groups).float() * s
 
     def extra_repr(self) -> str:
-        return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[2:])}, "
-                f"stride={self.stride}, padding={self.padding}, bits={self.bits}, "
+        return (f"{self._geometry_repr(self.weight.shape)}, bits={self.bits}, "
                 f"scale={'shared quantiser' if self.spec is not None else self.act_max}")
 
 
@@ -186,14 +204,12 @@ class IntAdderLinear(_SharedScaleInt8):
 # shift: power-of-two weights on fixed-point activations
 
 
-class IntShiftConv2d(nn.Module):
+class IntShiftConv2d(_IntConv2d):
     """Inference-only DeepShift conv2d: fixed-point integer activations, shifts and adds only.
 
     x -> qx = round(clamp(x) * 2^f) (the layer's ``activation_bits`` (int_bits, f), or
     (8, 8) if it has none);  out = 2^-(f + e) * sum sign * (qx << shift) + bias.
     """
-
-    _dim = 2
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, stride: IntOrTuple = 1,
                  padding: IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1,
@@ -203,9 +219,7 @@ class IntShiftConv2d(nn.Module):
         self.register_buffer("shift", shift)
         self.register_buffer("sign", sign)
         self.exponent = e
-        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        self.stride, self.padding, self.dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
-        self.groups = int(groups)
+        self._init_geometry(bias, stride, padding, dilation, groups)
         self.activation_bits = (int(activation_bits[0]), int(activation_bits[1]))
         self.activation_signed = bool(activation_signed)
 
@@ -223,21 +237,13 @@ class IntShiftConv2d(nn.Module):
         """The integer part alone: int32/int64 sum sign * (qx << shift)."""
         return int_shift_conv2d(qx, self.shift, self.sign, self.stride, self.padding, self.dilation, self.groups)
 
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        unsq = self._dim == 1
-        if unsq:
-            x = x.unsqueeze(2)
+    def _output(self, x: torch.Tensor) -> torch.Tensor:
         qx = _fixed_point(x, self.activation_bits, self.activation_signed)
         y = self.integer_forward(qx).double() * 2.0 ** -(self.activation_bits[1] + self.exponent)
-        y = y.to(x.dtype if x.is_floating_point() else torch.float32)
-        if self.bias is not None:
-            y = y + self.bias.view(1, -1, 1, 1)
-        return y.squeeze(2) if unsq else y
+        return y.to(x.dtype if x.is_floating_point() else torch.float32)
 
     def extra_repr(self) -> str:
-        return (f"{self.shift.shape[1] * self.groups}, {self.shift.shape[0]}, kernel_size={tuple(self.shift.shape[2:])}, "
-                f"stride={self.stride}, padding={self.padding}, activation_bits={self.activation_bits}, "
+        return (f"{self._geometry_repr(self.shift.shape)}, activation_bits={self.activation_bits}, "
                 f"exponent={self.exponent}")
 
 
