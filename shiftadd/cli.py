@@ -20,7 +20,7 @@ COMMAND_MODULES = [
     "shiftadd.train.commands",
     "shiftadd.commands.compress",
     "shiftadd.energy.commands",
-    "shiftadd.kernels.commands",
+    "shiftadd.commands.bench",
 ]
 
 

@@ -22,7 +22,7 @@ To load a pruned checkpoint into a freshly built model, call :func:`restore_mask
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -31,6 +31,7 @@ from shiftadd.errors import CheckpointError
 from shiftadd.ops.bitshift import ps_weight, round_power_of_two, shift_range
 from shiftadd.quant.hooks import KINDS, LayerTransform, attach, check_kinds, detach, layer_kind
 from shiftadd.quant.qat import select_layers
+from shiftadd.utils import Patterns
 
 METHODS = ("magnitude", "random")
 SCOPES = ("global", "layer")
@@ -148,8 +149,8 @@ def _prune_group(layers: List[Tuple[str, nn.Module]], ratio: float, method: str,
 
 
 def prune(model: nn.Module, ratio: float, method: str = "magnitude", scope: str = "global",
-          layer_types: Sequence[str] = DEFAULT_TYPES, include: Union[None, str, Iterable[str]] = None,
-          exclude: Union[None, str, Iterable[str]] = None, seed: Optional[int] = None) -> Dict[str, Any]:
+          layer_types: Sequence[str] = DEFAULT_TYPES, include: Patterns = None,
+          exclude: Patterns = None, seed: Optional[int] = None) -> Dict[str, Any]:
     """Prune ``ratio`` of the weights of the selected layers, in place; returns :func:`sparsity_report`.
 
     ``ratio`` in [0, 1): the fraction of weights that are pruned afterwards (per layer with

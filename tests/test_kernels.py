@@ -277,77 +277,6 @@ def test_decompose_pow2_roundtrip_and_rejects_non_powers():
         K.decompose_pow2(torch.tensor([0.3]))
 
 
-def test_integer_modules_match_float_layers(ext):
-    from shiftadd.nn import AdderConv2d, AdderLinear, ShiftConv2d, ShiftLinear
-
-    torch.manual_seed(0)
-    x = torch.randn(2, 4, 6, 6)
-    # shift: fixed-point activations, bit-exact against a float64 simulation, close to the float layer
-    sc = ShiftConv2d(4, 5, 3, padding=1, activation_bits=(4, 6)).eval()
-    isc = K.to_integer_module(sc)
-    with torch.no_grad():
-        qin = torch.round(x.double().clamp(-8, 8 - 2 ** -6) * 64) / 64
-        sim = F.conv2d(qin, sc.weight.double(), None, 1, 1)
-        y = isc(x)
-    assert torch.equal(y, sim.float())  # exact value, rounded once to float32
-    torch.testing.assert_close(y, sc(x), atol=1e-4, rtol=1e-4)
-    # adder: shared-scale int8 is close to the float layer (quantisation error only)
-    ad = AdderConv2d(4, 5, 3, padding=1)
-    with torch.no_grad():
-        ad.weight.mul_(0.5)
-    iad = K.to_integer_module(ad).calibrate(x)
-    with torch.no_grad():
-        ref = ad(x)
-    err = (iad(x) - ref).abs().max() / ref.abs().max()
-    assert err < 0.02
-    lin = AdderLinear(12, 3)
-    torch.testing.assert_close(K.to_integer_module(lin)(torch.randn(5, 12)).shape, torch.Size([5, 3]))
-    sl = ShiftLinear(12, 3, activation_bits=(4, 8)).eval()
-    xi = torch.randn(5, 12)
-    torch.testing.assert_close(K.to_integer_module(sl)(xi), sl(xi), atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.parametrize("scale", ["pow2", "free"])
-def test_int8_module_reproduces_shared_scale_quantiser(ext, scale):
-    # shiftadd.quant's shared-scale simulation (fake quantisation in float) vs the int8 kernel
-    from shiftadd.nn import AdderConv2d, AdderLinear
-    from shiftadd.quant import shared_scale
-
-    torch.manual_seed(1)
-    model = torch.nn.Sequential(AdderConv2d(8, 8, 3, padding=1), torch.nn.Flatten(), AdderLinear(8 * 36, 5)).eval()
-    x = torch.randn(3, 8, 6, 6)
-    shared_scale(model, 8, [x], scale=scale)
-    with torch.no_grad():
-        sim_conv = model[0](x)
-        sim = model(x)
-        ic = K.to_integer_module(model[0])
-        out_conv = ic(x)
-        K.to_integer(model)
-        out = model(x)
-    if scale == "pow2":  # every float operation of the simulation is exact: bit-identical
-        assert torch.equal(out_conv, sim_conv)
-        assert torch.equal(out, sim)
-    else:  # free scale: the simulation rounds its float sums, the integer path does not
-        torch.testing.assert_close(out_conv, sim_conv, rtol=1e-5, atol=1e-4)
-        torch.testing.assert_close(out, sim, rtol=1e-4, atol=1e-3)
-
-
-def test_to_integer_converts_a_model(ext):
-    from shiftadd.kernels.integer import IntAdderConv2d, IntShiftConv2d
-    from shiftadd.nn import AdderConv2d, ShiftConv2d
-
-    model = torch.nn.Sequential(ShiftConv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-                                AdderConv2d(4, 4, 3, padding=1), torch.nn.BatchNorm2d(4)).eval()
-    x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        ref = model(x)
-    K.to_integer(model)
-    assert isinstance(model[0], IntShiftConv2d) and isinstance(model[3], IntAdderConv2d)
-    with torch.no_grad():
-        out = model(x)
-    assert out.shape == ref.shape and torch.isfinite(out).all()
-
-
 def test_bad_inputs_give_clear_errors(ext):
     with pytest.raises(TypeError, match="int8"):
         K.int_adder_conv2d(torch.zeros(1, 1, 3, 3), torch.zeros(1, 1, 1, 1, dtype=torch.int8))
@@ -365,3 +294,17 @@ def test_bench_cli_quick(ext, capsys):
     assert "conv2d (oneDNN)" in out and "adder cpu fused" in out and "int8 adder" in out
     assert main(["bench", "--backends"]) == 0
     assert "cpu" in capsys.readouterr().out
+
+
+def test_bench_cli_network_rows_reach_the_json(ext, tmp_path, capsys):
+    import json
+
+    from shiftadd.cli import main
+
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--shapes", "quick", "--repeats", "1", "--no-reference", "--forward-only", "--no-int8",
+                 "--network", "--batch", "2", "--json", str(path)]) == 0
+    assert "whole-network training step" in capsys.readouterr().out
+    network = json.loads(path.read_text())["network"]
+    assert [r["variant"] for r in network] == ["conv", "adder", "adder-fused"]
+    assert all(r["model"] == "resnet20" and r["batch"] == 2 and r["step_ms"] > 0 for r in network)

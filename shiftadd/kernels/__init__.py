@@ -1,4 +1,4 @@
-"""Fast kernels for the adder primitive and integer inference.
+"""Fast kernels for the adder primitive and integer inference (modules built on them: shiftadd.export).
 
 Importing this package registers its backends with :mod:`shiftadd.ops.adder`:
 
@@ -24,19 +24,7 @@ import torch
 
 from shiftadd.kernels._build import build_info, cache_dir, load_extension
 from shiftadd.kernels.cpu_backend import CdistBackend, CpuBackend, cdist_backend, cpu_backend
-from shiftadd.kernels.integer import (
-    IntAdderConv2d,
-    IntAdderLinear,
-    IntShiftConv2d,
-    IntShiftLinear,
-    decompose_pow2,
-    int_adder_conv2d,
-    int_adder_matmul,
-    int_shift_conv2d,
-    quantize_symmetric,
-    to_integer,
-    to_integer_module,
-)
+from shiftadd.kernels.integer import decompose_pow2, int_adder_conv2d, int_adder_matmul, int_shift_conv2d, quantize_symmetric
 
 CPU_PRIORITY = 100
 CDIST_PRIORITY = 10
@@ -103,5 +91,4 @@ __all__ = [
     "backends", "backends_report", "load_extension", "build_info", "cache_dir",
     "CpuBackend", "CdistBackend", "cpu_backend", "cdist_backend",
     "int_adder_conv2d", "int_adder_matmul", "int_shift_conv2d", "quantize_symmetric", "decompose_pow2",
-    "IntAdderConv2d", "IntAdderLinear", "IntShiftConv2d", "IntShiftLinear", "to_integer", "to_integer_module",
 ]

@@ -219,61 +219,6 @@ def bench_shapes(shapes: Sequence[Tuple[str, int, int, int, int]], batch: int = 
     return rows
 
 
-def _fused_adder_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, grad_mode="full"):
-    """adder_conv2d through the fused C++ conv (what AdderConv2d would run with the conv2d hook)."""
-    from shiftadd.kernels.cpu_backend import cpu_backend
-
-    out = cpu_backend.conv2d(x, weight, stride, padding, dilation, groups, grad_mode)
-    return out if bias is None else out + bias.view(1, -1, 1, 1)
-
-
-def bench_network(model_name: str = "resnet20", variants: Sequence[str] = ("conv", "adder", "adder-fused"),
-                  batch: int = 64, steps: int = 5, log: Callable[[str], None] = print) -> List[Dict[str, object]]:
-    """Training throughput (images/s) of shiftadd.models.create(model_name, op=...) on random data.
-
-    ``adder`` runs the adder layers as shipped (shiftadd.ops.adder.adder_conv2d with its automatically
-    selected backend); ``adder-fused`` routes AdderConv1d/2d through the fused C++ convolution for the
-    duration of the measurement (shiftadd.nn.adder.adder_conv2d is patched in this process only).
-    """
-    try:
-        from shiftadd.models import create
-    except ImportError as exc:  # models package missing
-        log(f"network benchmark skipped: {exc}")
-        return []
-    import shiftadd.nn.adder as nn_adder
-    from shiftadd.ops.adder import select_backend
-
-    out = []
-    for variant in variants:
-        op = "adder" if variant.startswith("adder") else variant
-        torch.manual_seed(0)
-        model = create(model_name, op=op)
-        model.train()
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        x = torch.randn(batch, 3, 32, 32)
-        y = torch.randint(0, 10, (batch,))
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-
-        original = nn_adder.adder_conv2d
-        if variant == "adder-fused":
-            nn_adder.adder_conv2d = _fused_adder_conv2d
-        try:
-            med, best = timings_ms(step, steps)
-        finally:
-            nn_adder.adder_conv2d = original
-        backend = {"conv": "-", "adder-fused": "cpu fused conv"}.get(variant, select_backend(x).name + " (unfold + mm)")
-        entry = {"model": model_name, "variant": variant, "batch": batch, "step_ms": med, "step_ms_min": best,
-                 "images_per_s": batch / med * 1e3, "images_per_s_best": batch / best * 1e3, "adder_backend": backend}
-        out.append(entry)
-        log(f"  {model_name:<10} {variant:<12} step median {med:8.1f} ms ({entry['images_per_s']:6.1f} img/s), "
-            f"min {best:8.1f} ms ({entry['images_per_s_best']:6.1f} img/s)   adder: {backend}")
-    return out
-
-
 def _fmt(v: Optional[float], spec: str = "8.2f") -> str:
     return format(v, spec) if v is not None else " " * (int(spec.split(".")[0]) - 1) + "-"
 
@@ -315,11 +260,18 @@ def environment(threads: int) -> Dict[str, object]:
             "cpu_backend": info["backends"].get("cpu", {}).get("detail", "")}
 
 
+NetworkBench = Callable[[Callable[[str], None]], List[Dict[str, object]]]
+
+
 def run(shapes: str = "resnet20", batch: int = 64, threads: int = 2, repeats: int = 5, backward: bool = True,
-        reference: bool = True, int8: bool = True, network: bool = False, network_steps: int = 5,
+        reference: bool = True, int8: bool = True, network: Optional[NetworkBench] = None,
         json_path: Optional[str] = None, markdown: bool = False, all_methods: bool = False,
         clock: str = "wall", log: Callable[[str], None] = print) -> Report:
-    """The whole benchmark; returns the report (and writes JSON if asked)."""
+    """The whole benchmark; returns the report (and writes JSON if asked).
+
+    ``network(log)``, if given, times whole networks (``shiftadd bench --network`` passes a ResNet-20
+    training step); its rows go to ``report.network``.
+    """
     global _clock
     if shapes not in SHAPE_SETS:
         raise ValueError(f"unknown shape set {shapes!r}; choose one of: {', '.join(SHAPE_SETS)}")
@@ -337,9 +289,9 @@ def run(shapes: str = "resnet20", batch: int = 64, threads: int = 2, repeats: in
     log(HEADER)
     report.rows = bench_shapes(SHAPE_SETS[shapes], batch, repeats, backward, reference, int8,
                                all_methods=all_methods, log=log)
-    if network:
+    if network is not None:
         log("whole-network training step (SGD, random data):")
-        report.network = bench_network("resnet20", batch=batch, steps=network_steps, log=log)
+        report.network = network(log)
     if markdown:
         log("")
         log(markdown_table(report.rows))

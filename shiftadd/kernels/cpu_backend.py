@@ -15,15 +15,15 @@ Formulas (AdderNet, Chen et al. CVPR 2020), X (G, P, K), W (G, O, K), dY (G, P, 
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from shiftadd.kernels._build import build_info, load_extension
-
-IntOrPair = Union[int, Sequence[int]]
+from shiftadd.ops.im2col import col2im_grouped, im2col_grouped
+from shiftadd.utils import IntOrTuple as IntOrPair
+from shiftadd.utils import pair
 
 # Forward formula of the float kernels: exact |x - w| (3 vector ops per element), or
 # 2*max(x, w) - x - w (2 ops; rounding differs from the reference by ~1 ulp of the row sums).
@@ -44,17 +44,6 @@ def _mode_code(mode: str) -> int:
     if mode == "sign":
         return 1
     raise ValueError(f"grad mode must be 'full' or 'sign', got {mode!r}")
-
-
-def _pair(v: IntOrPair) -> Tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    t = tuple(int(a) for a in v)
-    if len(t) == 1:
-        return (t[0], t[0])
-    if len(t) != 2:
-        raise ValueError(f"expected an int or a pair, got {v!r}")
-    return (t[0], t[1])
 
 
 def _reference():
@@ -84,16 +73,11 @@ def unfold_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: IntOrPair = 1, 
     """Adder conv2d (no bias) as im2col (F.unfold) + the grouped primitive of ``backend``."""
     from shiftadd.ops.adder import adder_matmul
 
-    s, p, d = _pair(stride), _pair(padding), _pair(dilation)
-    N, C, H, Wd = x.shape
     O, Cg, kh, kw = weight.shape
     G = int(groups)
-    cols = F.unfold(x, (kh, kw), dilation=d, padding=p, stride=s)
-    L, K = cols.shape[-1], Cg * kh * kw
-    Ho = (H + 2 * p[0] - d[0] * (kh - 1) - 1) // s[0] + 1
-    X = cols.view(N, G, K, L).permute(1, 0, 3, 2).reshape(G, N * L, K)
-    Y = adder_matmul(X, weight.reshape(G, O // G, K), grad_mode, backend=backend)
-    return Y.view(G, N, L, O // G).permute(1, 0, 3, 2).reshape(N, O, Ho, L // Ho)
+    X, out_size = im2col_grouped(x, (kh, kw), stride, padding, dilation, G)
+    Y = adder_matmul(X, weight.reshape(G, O // G, Cg * kh * kw), grad_mode, backend=backend)
+    return col2im_grouped(Y, x.shape[0], out_size)
 
 
 class _AdderConv2dFn(torch.autograd.Function):
@@ -197,8 +181,8 @@ class CpuBackend:
         ext = self._ext_for(x, weight)
         if ext is None:  # not via ops.adder.adder_conv2d: that may dispatch back here
             return unfold_conv2d(x, weight, stride, padding, dilation, groups, grad_mode, "reference")
-        return _AdderConv2dFn.apply(x, weight, _pair(stride), _pair(padding), _pair(dilation), int(groups),
-                                    grad_mode, ext)
+        return _AdderConv2dFn.apply(x, weight, pair(stride, "stride"), pair(padding, "padding"),
+                                    pair(dilation, "dilation"), int(groups), grad_mode, ext)
 
 
 class CdistBackend:

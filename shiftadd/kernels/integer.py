@@ -1,4 +1,4 @@
-"""Integer inference for adder and power-of-two shift layers.
+"""Integer kernels for adder and power-of-two shift layers (the inference modules: shiftadd.export).
 
 Adder (shared-scale int8, after "AdderNet and its minimalist hardware design"): input and weight
 use ONE scale s, so  -sum|x - w| ~= -sum|s qx - s qw| = s * (-sum|qx - qw|)  and the integer part
@@ -15,23 +15,15 @@ Without the C++ extension both fall back to exact float64 PyTorch arithmetic (sa
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Tuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from shiftadd.kernels._build import load_extension
-
-IntOrPair = Union[int, Sequence[int]]
-
-
-
-def _pair(v: IntOrPair) -> Tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    t = tuple(int(a) for a in v)
-    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
+from shiftadd.ops.im2col import col2im_grouped, im2col_grouped
+from shiftadd.utils import IntOrTuple as IntOrPair
+from shiftadd.utils import pair
 
 
 def _ext():
@@ -67,7 +59,7 @@ def int_adder_conv2d(qx: torch.Tensor, qw: torch.Tensor, stride: IntOrPair = 1, 
     _check_int8(qw, "qw")
     if qx.dim() != 4 or qw.dim() != 4:
         raise ValueError(f"expected qx (N, C, H, W) and qw (O, C/groups, kh, kw), got {tuple(qx.shape)}, {tuple(qw.shape)}")
-    s, p, d = _pair(stride), _pair(padding), _pair(dilation)
+    s, p, d = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
     ext = _ext()
     if ext is not None and qx.device.type == "cpu":
         return ext.sad_conv(qx, qw.contiguous(), s, p, d, int(groups))  # any strides (NCHW or channels_last)
@@ -76,15 +68,10 @@ def int_adder_conv2d(qx: torch.Tensor, qw: torch.Tensor, stride: IntOrPair = 1, 
 
 def _int_adder_conv2d_torch(qx, qw, s, p, d, groups):
     """Exact fallback: float64 holds these integer sums exactly."""
-    N, C, H, Wd = qx.shape
     O, Cg, kh, kw = qw.shape
-    cols = F.unfold(qx.double(), (kh, kw), dilation=d, padding=p, stride=s)  # (N, C*kh*kw, L)
-    L = cols.shape[-1]
-    K = Cg * kh * kw
-    X = cols.view(N, groups, K, L).permute(1, 0, 3, 2).reshape(groups, N * L, K)
-    Y = -torch.cdist(X, qw.double().reshape(groups, O // groups, K), p=1)
-    Ho = (H + 2 * p[0] - d[0] * (kh - 1) - 1) // s[0] + 1
-    return Y.view(groups, N, L, O // groups).permute(1, 0, 3, 2).reshape(N, O, Ho, L // Ho).round().to(torch.int32)
+    X, out_size = im2col_grouped(qx.double(), (kh, kw), s, p, d, groups)
+    Y = -torch.cdist(X, qw.double().reshape(groups, O // groups, Cg * kh * kw), p=1)
+    return col2im_grouped(Y, qx.shape[0], out_size).round().to(torch.int32)
 
 
 def int_adder_matmul(qX: torch.Tensor, qW: torch.Tensor) -> torch.Tensor:
@@ -136,7 +123,7 @@ def int_shift_conv2d(qx: torch.Tensor, shift: torch.Tensor, sign: torch.Tensor, 
         raise TypeError(f"qx must be an integer tensor, got {qx.dtype}")
     if qx.dim() != 4 or shift.dim() != 4 or shift.shape != sign.shape:
         raise ValueError("expected qx (N, C, H, W), shift and sign (O, C/groups, kh, kw) of the same shape")
-    s, p, d = _pair(stride), _pair(padding), _pair(dilation)
+    s, p, d = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
     qmax = int(qx.abs().max()) if qx.numel() else 0
     smax = int(shift.max()) if shift.numel() else 0
     K = shift[0].numel()
@@ -154,279 +141,3 @@ def int_shift_conv2d(qx: torch.Tensor, shift: torch.Tensor, sign: torch.Tensor, 
     wq = sign.double() * torch.pow(2.0, shift.double())
     y = F.conv2d(qx.double(), wq, None, s, p, d, groups).round()
     return y.to(torch.int32 if fits32 else torch.int64)
-
-
-# ---------------------------------------------------------------------------------------------
-# inference modules
-
-
-class _SharedScaleInt8(nn.Module):
-    """Shared-scale quantisation of an adder layer's input and weight to int8 codes.
-
-    Either the layer's own :class:`shiftadd.quant.SharedScaleQuantizer` (``layer.shared_quantizer``,
-    its calibrated scale and rounding, so the result equals that quantiser's simulation), or
-    s = max(act_max, max|w|) / 127 with ``act_max`` from :meth:`calibrate` / the constructor, or
-    from each batch when unset (dynamic).
-    """
-
-    def _init_quant(self, weight: torch.Tensor, act_max: Optional[float], bits: int, quantizer=None) -> None:
-        self.register_buffer("weight", weight.detach().float().clone())
-        self.bits = int(bits)
-        self.act_max = None if act_max is None else float(act_max)
-        self.spec, self.fixed_scale = None, None
-        if quantizer is not None:
-            if quantizer.spec.bits > 8:
-                raise ValueError(f"the int8 kernels need <= 8 bits, the layer's shared scale has {quantizer.spec.bits}")
-            self.spec, self.bits = quantizer.spec, quantizer.spec.bits
-            self.fixed_scale = quantizer.scale(self.weight)  # float64 scalar tensor
-        self._cache: Optional[Tuple[float, torch.Tensor]] = None
-
-    @torch.no_grad()
-    def calibrate(self, x: torch.Tensor):
-        """Fix the activation range from a representative batch (own scale only)."""
-        if self.spec is not None:
-            raise RuntimeError("this layer uses its shared-scale quantiser's calibration")
-        self.act_max = float(x.detach().abs().max())
-        self._cache = None
-        return self
-
-    def scale(self, x: Optional[torch.Tensor] = None) -> float:
-        """The shared scale s (output = s * integer sum)."""
-        if self.fixed_scale is not None:
-            return float(self.fixed_scale)
-        qmax = 2 ** (self.bits - 1) - 1
-        amax = self.act_max if self.act_max is not None else float(x.detach().abs().max())
-        return max(amax, float(self.weight.abs().max()), 1e-12) / qmax
-
-    def _codes(self, t: torch.Tensor, s: float) -> torch.Tensor:
-        if self.spec is not None:
-            from shiftadd.quant.functional import quantize_to_int
-
-            return quantize_to_int(t, self.spec, scale=self.fixed_scale)[0].to(torch.int8)
-        return quantize_symmetric(t, s, self.bits)
-
-    def _qweight(self, s: float) -> torch.Tensor:
-        if self._cache is None or self._cache[0] != s:
-            self._cache = (s, self._codes(self.weight, s))
-        return self._cache[1]
-
-
-def _shared_quantizer(module: nn.Module):
-    q = module._modules.get("shared_quantizer")
-    return q if q is not None and hasattr(q, "spec") and hasattr(q, "scale") else None
-
-
-def _effective_weight(module: nn.Module) -> torch.Tensor:
-    w = module.weight.detach()
-    mask = module._modules.get("pruning")
-    if mask is not None and hasattr(mask, "mask"):
-        w = w * mask.mask
-    return w
-
-
-class IntAdderConv2d(_SharedScaleInt8):
-    """Inference-only adder conv2d on int8 codes with one shared scale (float in, float out):
-    out = s * int_adder_conv2d(q(x), q(w)) + bias (see :class:`_SharedScaleInt8` for s)."""
-
-    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, stride: IntOrPair = 1,
-                 padding: IntOrPair = 0, dilation: IntOrPair = 1, groups: int = 1,
-                 act_max: Optional[float] = None, bits: int = 8, quantizer=None) -> None:
-        super().__init__()
-        self._init_quant(weight, act_max, bits, quantizer)
-        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
-        self.groups = int(groups)
-
-    _dim = 2
-
-    @classmethod
-    def from_float(cls, module: nn.Module, act_max: Optional[float] = None, bits: int = 8) -> "IntAdderConv2d":
-        """From a trained AdderConv2d (or AdderConv1d, used as a 1 x k conv2d); uses the layer's
-        shared-scale quantiser when it has one (``shiftadd.quant.shared_scale``)."""
-        w = _effective_weight(module)
-        q = _shared_quantizer(module)
-        if w.dim() == 3:  # conv1d
-            m = cls(w.unsqueeze(2), module.bias, (1, module.stride[0]), (0, module.padding[0]),
-                    (1, module.dilation[0]), module.groups, act_max, bits, q)
-            m._dim = 1
-            return m
-        return cls(w, module.bias, module.stride, module.padding, module.dilation, module.groups, act_max, bits, q)
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        unsq = self._dim == 1
-        if unsq:
-            x = x.unsqueeze(2)
-        s = self.scale(x)
-        y = int_adder_conv2d(self._codes(x, s), self._qweight(s), self.stride, self.padding,
-                             self.dilation, self.groups).float() * s
-        if self.bias is not None:
-            y = y + self.bias.view(1, -1, 1, 1)
-        return y.squeeze(2) if unsq else y
-
-    def extra_repr(self) -> str:
-        return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[2:])}, "
-                f"stride={self.stride}, padding={self.padding}, bits={self.bits}, "
-                f"scale={'shared quantiser' if self.spec is not None else self.act_max}")
-
-
-class IntAdderLinear(_SharedScaleInt8):
-    """Inference-only adder linear layer on int8 codes with one shared scale (see IntAdderConv2d)."""
-
-    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, act_max: Optional[float] = None,
-                 bits: int = 8, quantizer=None) -> None:
-        super().__init__()
-        self._init_quant(weight, act_max, bits, quantizer)
-        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-
-    @classmethod
-    def from_float(cls, module: nn.Module, act_max: Optional[float] = None, bits: int = 8) -> "IntAdderLinear":
-        return cls(_effective_weight(module), module.bias, act_max, bits, _shared_quantizer(module))
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.scale(x)
-        lead = x.shape[:-1]
-        qx = self._codes(x.reshape(1, -1, x.shape[-1]), s)
-        y = int_adder_matmul(qx, self._qweight(s).unsqueeze(0)).float().reshape(*lead, -1) * s
-        return y + self.bias if self.bias is not None else y
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, bits={self.bits}"
-
-
-DEFAULT_ACTIVATION_BITS = (8, 8)
-
-
-def _fixed_point(x: torch.Tensor, bits: Tuple[int, int], signed: bool) -> torch.Tensor:
-    """Integer code of quantize_fixed_point(x): round(clamp(x) * 2^frac) (int32)."""
-    from shiftadd.ops.quant import fixed_point_range
-
-    lo, hi = fixed_point_range(bits[0], bits[1], signed)
-    return torch.round(x.detach().double().clamp(lo, hi) * 2.0 ** bits[1]).to(torch.int32)
-
-
-class IntShiftConv2d(nn.Module):
-    """Inference-only DeepShift conv2d: fixed-point integer activations, shifts and adds only.
-
-    x -> qx = round(clamp(x) * 2^f) (the layer's ``activation_bits`` (int_bits, f), or
-    (8, 8) if it has none);  out = 2^-(f + e) * sum sign * (qx << shift) + bias.
-    """
-
-    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, stride: IntOrPair = 1,
-                 padding: IntOrPair = 0, dilation: IntOrPair = 1, groups: int = 1,
-                 activation_bits: Sequence[int] = DEFAULT_ACTIVATION_BITS, activation_signed: bool = True) -> None:
-        super().__init__()
-        shift, sign, e = decompose_pow2(weight)
-        self.register_buffer("shift", shift)
-        self.register_buffer("sign", sign)
-        self.exponent = e
-        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
-        self.groups = int(groups)
-        self.activation_bits = (int(activation_bits[0]), int(activation_bits[1]))
-        self.activation_signed = bool(activation_signed)
-
-    _dim = 2
-
-    @classmethod
-    def from_float(cls, module: nn.Module, activation_bits: Optional[Sequence[int]] = None) -> "IntShiftConv2d":
-        """From a ShiftConv2d / ShiftConv1d (uses its effective power-of-two ``.weight`` in eval mode)."""
-        was = module.training
-        module.eval()
-        with torch.no_grad():
-            w = module.weight.detach()
-        module.train(was)
-        bits = module.activation_bits or activation_bits or DEFAULT_ACTIVATION_BITS
-        signed = getattr(module, "activation_signed", True)
-        if w.dim() == 3:
-            m = cls(w.unsqueeze(2), module.bias, (1, module.stride[0]), (0, module.padding[0]), (1, module.dilation[0]),
-                    module.groups, bits, signed)
-            m._dim = 1
-            return m
-        return cls(w, module.bias, module.stride, module.padding, module.dilation, module.groups, bits, signed)
-
-    def integer_forward(self, qx: torch.Tensor) -> torch.Tensor:
-        """The integer part alone: int32/int64 sum sign * (qx << shift)."""
-        return int_shift_conv2d(qx, self.shift, self.sign, self.stride, self.padding, self.dilation, self.groups)
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        unsq = self._dim == 1
-        if unsq:
-            x = x.unsqueeze(2)
-        qx = _fixed_point(x, self.activation_bits, self.activation_signed)
-        y = self.integer_forward(qx).double() * 2.0 ** -(self.activation_bits[1] + self.exponent)
-        y = y.to(x.dtype if x.is_floating_point() else torch.float32)
-        if self.bias is not None:
-            y = y + self.bias.view(1, -1, 1, 1)
-        return y.squeeze(2) if unsq else y
-
-    def extra_repr(self) -> str:
-        return (f"{self.shift.shape[1] * self.groups}, {self.shift.shape[0]}, kernel_size={tuple(self.shift.shape[2:])}, "
-                f"stride={self.stride}, padding={self.padding}, activation_bits={self.activation_bits}, "
-                f"exponent={self.exponent}")
-
-
-class IntShiftLinear(nn.Module):
-    """Inference-only DeepShift linear layer (a 1 x 1 IntShiftConv2d underneath)."""
-
-    def __init__(self, conv: IntShiftConv2d) -> None:
-        super().__init__()
-        self.conv = conv
-
-    @classmethod
-    def from_float(cls, module: nn.Module, activation_bits: Optional[Sequence[int]] = None) -> "IntShiftLinear":
-        was = module.training
-        module.eval()
-        with torch.no_grad():
-            w = module.weight.detach()
-        module.train(was)
-        bits = module.activation_bits or activation_bits or DEFAULT_ACTIVATION_BITS
-        conv = IntShiftConv2d(w[:, :, None, None], module.bias, activation_bits=bits,
-                              activation_signed=getattr(module, "activation_signed", True))
-        return cls(conv)
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        y = self.conv(x.reshape(-1, x.shape[-1], 1, 1))
-        return y.reshape(*lead, -1)
-
-
-def to_integer_module(module: nn.Module, act_max: Optional[float] = None,
-                      activation_bits: Optional[Sequence[int]] = None) -> nn.Module:
-    """The integer inference version of one trained adder or shift layer.
-
-    AdderConv1d/2d -> IntAdderConv2d, AdderLinear -> IntAdderLinear (shared-scale int8);
-    ShiftConv1d/2d -> IntShiftConv2d, ShiftLinear -> IntShiftLinear (fixed-point activations).
-    """
-    from shiftadd.nn import AdderConv1d, AdderConv2d, AdderLinear, ShiftConv1d, ShiftConv2d, ShiftLinear
-
-    if isinstance(module, (AdderConv1d, AdderConv2d)):
-        return IntAdderConv2d.from_float(module, act_max)
-    if isinstance(module, AdderLinear):
-        return IntAdderLinear.from_float(module, act_max)
-    if isinstance(module, (ShiftConv1d, ShiftConv2d)):
-        return IntShiftConv2d.from_float(module, activation_bits)
-    if isinstance(module, ShiftLinear):
-        return IntShiftLinear.from_float(module, activation_bits)
-    raise TypeError(f"no integer version of {type(module).__name__}; expected an adder or shift layer")
-
-
-def to_integer(model: nn.Module, activation_bits: Optional[Sequence[int]] = None) -> nn.Module:
-    """Replace every adder / shift layer of ``model`` (in place) by its integer inference module.
-
-    Adder layers use a dynamic shared scale (per batch); call ``.calibrate(x)`` on them to fix it.
-    Returns the model, for chaining. Other layers (BN, ReLU, float convs) are left as they are.
-    """
-    from shiftadd.nn import ADDER_TYPES, SHIFT_TYPES
-
-    if isinstance(model, ADDER_TYPES + SHIFT_TYPES):
-        return to_integer_module(model, activation_bits=activation_bits)
-    for name, child in list(model.named_children()):
-        if isinstance(child, ADDER_TYPES + SHIFT_TYPES):
-            setattr(model, name, to_integer_module(child, activation_bits=activation_bits))
-        else:
-            to_integer(child, activation_bits)
-    return model

@@ -1,23 +1,13 @@
 """Argument checking and the shared shape of conv-like operator modules."""
 from __future__ import annotations
 
-from typing import Sequence, Tuple, Union
+from typing import Tuple
 
 import torch
 import torch.nn as nn
 
-IntOrTuple = Union[int, Sequence[int]]
+from shiftadd.utils import IntOrTuple, as_tuple
 
-
-def _tuple(name: str, value: IntOrTuple, dim: int, minimum: int) -> Tuple[int, ...]:
-    if isinstance(value, str):
-        raise ValueError(f"{name} must be an int or a tuple of {dim} ints, got the string {value!r}")
-    t = (int(value),) * dim if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(t) != dim:
-        raise ValueError(f"{name} must be an int or a tuple of {dim} ints, got {value!r}")
-    if any(v < minimum for v in t):
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return t
 
 
 class ConvLike(nn.Module):
@@ -45,10 +35,10 @@ class ConvLike(nn.Module):
                 f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
             )
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
-        self.kernel_size = _tuple("kernel_size", kernel_size, d, 1)
-        self.stride = _tuple("stride", stride, d, 1)
-        self.padding = _tuple("padding", padding, d, 0)
-        self.dilation = _tuple("dilation", dilation, d, 1)
+        self.kernel_size = as_tuple(kernel_size, d, "kernel_size", minimum=1)
+        self.stride = as_tuple(stride, d, "stride", minimum=1)
+        self.padding = as_tuple(padding, d, "padding", minimum=0)
+        self.dilation = as_tuple(dilation, d, "dilation", minimum=1)
 
     @property
     def weight_shape(self) -> Tuple[int, ...]:

@@ -1,21 +1,15 @@
 """convert(): turn the Conv1d/Conv2d/Linear layers of any model into another operator family."""
 from __future__ import annotations
 
-import fnmatch
-from typing import Any, Iterable, List, Sequence, Tuple, Type, Union
+from typing import Any, List, Sequence, Tuple, Type
 
 import torch
 import torch.nn as nn
 
 from shiftadd.nn.factory import check_op, conv_layer, linear_layer
+from shiftadd.utils import Patterns, name_matches, replace_module
 
 CONVERTIBLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
-
-
-def _as_list(patterns: Union[None, str, Iterable[str]]) -> List[str]:
-    if patterns is None:
-        return []
-    return [patterns] if isinstance(patterns, str) else list(patterns)
 
 
 def _conv_padding(conv: nn.Module, name: str) -> Tuple[int, ...]:
@@ -40,8 +34,8 @@ def convert(
     model: nn.Module,
     op: str,
     skip_first_last: bool = True,
-    include: Union[None, str, Iterable[str]] = None,
-    exclude: Union[None, str, Iterable[str]] = None,
+    include: Patterns = None,
+    exclude: Patterns = None,
     types: Sequence[Type[nn.Module]] = CONVERTIBLE,
     init_from_weights: bool = False,
     **options: Any,
@@ -67,18 +61,14 @@ def convert(
     found = candidates(model, types)
     if skip_first_last:
         found = found[1:-1]
-    inc, exc = _as_list(include), _as_list(exclude)
     for name, layer in found:
-        if inc and not any(fnmatch.fnmatchcase(name, p) for p in inc):
-            continue
-        if any(fnmatch.fnmatchcase(name, p) for p in exc):
+        if not name_matches(name, include, exclude):
             continue
         new = _replacement(layer, name, op, options)
         ref = next(layer.parameters())
         new.to(device=ref.device, dtype=ref.dtype)
         _copy_weights(layer, new, init_from_weights)
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+        model = replace_module(model, name, new)
     return model
 
 

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from shiftadd.ops import spatial_shift as S
 from shiftadd.ops.spatial_shift import IntOrTuple
+from shiftadd.utils import as_tuple, replace_module
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -49,9 +50,9 @@ class SpatialShift(nn.Module):
         if dim not in (1, 2, 3):
             raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
         self.channels, self.dim, self.channels_last = channels, dim, channels_last
-        self.kernel_size = S._tuple(kernel_size, dim, "kernel_size")
-        self.dilation = S._tuple(dilation, dim, "dilation")
-        self.stride = S._tuple(stride, dim, "stride")
+        self.kernel_size = as_tuple(kernel_size, dim, "kernel_size")
+        self.dilation = as_tuple(dilation, dim, "dilation")
+        self.stride = as_tuple(stride, dim, "stride")
         if any(s < 1 for s in self.stride):
             raise ValueError(f"stride must be positive, got {stride!r}")
         if offsets is None:
@@ -113,7 +114,7 @@ class _LearnableShift(nn.Module):
         if init_range < 0:
             raise ValueError(f"init_range must be >= 0, got {init_range}")
         self.channels, self.dim, self.channels_last = channels, dim, channels_last
-        self.stride = S._tuple(stride, dim, "stride")
+        self.stride = as_tuple(stride, dim, "stride")
         if any(s < 1 for s in self.stride):
             raise ValueError(f"stride must be positive, got {stride!r}")
         self.normalize_grad = normalize_grad
@@ -294,12 +295,7 @@ def remove_zero_shift_layers(model: nn.Module) -> List[str]:
     removed = []
     for name, m in list(model.named_modules()):
         if isinstance(m, SparseShift) and m.is_identity():
-            parent_name, _, attr = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            if isinstance(parent, (nn.Sequential, nn.ModuleList)) and attr.isdigit():
-                parent[int(attr)] = nn.Identity()
-            else:
-                setattr(parent, attr, nn.Identity())
+            replace_module(model, name, nn.Identity())
             removed.append(name)
     return removed
 
@@ -309,13 +305,7 @@ def freeze_sparse_shifts(model: nn.Module) -> List[str]:
     done = []
     for name, m in list(model.named_modules()):
         if isinstance(m, SparseShift):
-            parent_name, _, attr = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            fixed = m.to_fixed().to(m.shift.device)
-            if isinstance(parent, (nn.Sequential, nn.ModuleList)) and attr.isdigit():
-                parent[int(attr)] = fixed
-            else:
-                setattr(parent, attr, fixed)
+            replace_module(model, name, m.to_fixed().to(m.shift.device))
             done.append(name)
     return done
 

@@ -19,18 +19,20 @@ tensor never exists whole.
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Protocol, Sequence, Tuple, Union
+from typing import Dict, Optional, Protocol, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+from shiftadd.ops.im2col import col2im_grouped, im2col_grouped
+from shiftadd.utils import IntOrTuple, pair
 
 GRAD_MODES = ("full", "sign")
 
 # Largest number of elements of one chunk of the difference tensor (64 MiB in float32).
 CHUNK_ELEMENTS = 1 << 24
 
-IntOrPair = Union[int, Sequence[int]]
+IntOrPair = IntOrTuple
 
 
 class AdderBackend(Protocol):
@@ -172,10 +174,6 @@ def adder_matmul(X: torch.Tensor, W: torch.Tensor, grad_mode: str = "full", back
     return AdderFunction.apply(X, W, grad_mode, impl)
 
 
-def _pair(v: IntOrPair) -> Tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 def adder_conv2d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -199,19 +197,15 @@ def adder_conv2d(
             f"adder_conv2d: input {tuple(x.shape)} and weight {tuple(weight.shape)} do not fit groups={groups}: "
             "expected input (N, C, H, W) and weight (O, C/groups, kh, kw) with O divisible by groups"
         )
+    stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
     backend = select_backend(x)
     fused = getattr(backend, "conv2d", None)  # a backend may fuse im2col into its kernel
     if fused is not None and backend.available() and backend.supports(x) and backend.supports(weight):
-        out = fused(x, weight, _pair(stride), _pair(padding), _pair(dilation), groups, grad_mode)
+        out = fused(x, weight, stride, padding, dilation, groups, grad_mode)
         return out if bias is None else out + bias.view(1, -1, 1, 1)
-    cols = F.unfold(x, (kh, kw), dilation=_pair(dilation), padding=_pair(padding), stride=_pair(stride))
-    L = cols.shape[-1]
-    K = Cg * kh * kw
-    Ho = (x.shape[2] + 2 * _pair(padding)[0] - _pair(dilation)[0] * (kh - 1) - 1) // _pair(stride)[0] + 1
-    Wo = L // Ho
-    X = cols.view(N, G, K, L).permute(1, 0, 3, 2).reshape(G, N * L, K)
-    Y = adder_matmul(X, weight.reshape(G, O // G, K), grad_mode)  # (G, N*L, O/G)
-    out = Y.view(G, N, L, O // G).permute(1, 0, 3, 2).reshape(N, O, Ho, Wo)
+    X, out_size = im2col_grouped(x, (kh, kw), stride, padding, dilation, G)
+    Y = adder_matmul(X, weight.reshape(G, O // G, Cg * kh * kw), grad_mode)  # (G, N*L, O/G)
+    out = col2im_grouped(Y, N, out_size)
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
     return out

@@ -31,7 +31,8 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-IntOrTuple = Union[int, Sequence[int]]
+from shiftadd.utils import IntOrTuple, as_tuple
+
 Offsets = Union[torch.Tensor, Sequence[Sequence[int]]]
 
 #: Largest number of runs of consecutive channels with one offset moved by direct slice copies; above it the
@@ -44,16 +45,6 @@ ADDRESS_DIRECTIONS = ("left", "right", "up", "down")
 # ---------------------------------------------------------------------------------------------
 # argument handling
 # ---------------------------------------------------------------------------------------------
-def _tuple(v: IntOrTuple, dim: int, name: str) -> Tuple[int, ...]:
-    if isinstance(v, int):
-        out = (v,) * dim
-    else:
-        out = tuple(int(a) for a in v)
-        if len(out) != dim:
-            raise ValueError(f"{name} must be an int or a sequence of {dim} ints, got {v!r}")
-    return out
-
-
 def _layout(x: torch.Tensor, dim: int, channels_last: bool) -> Tuple[int, Tuple[int, ...]]:
     """(channel axis, spatial axes) of ``x``, after checking its rank."""
     if not isinstance(x, torch.Tensor):
@@ -255,8 +246,8 @@ def grouped_shift_offsets(channels: int, kernel_size: IntOrTuple = 3, dilation: 
     ``g`` taking the ``g``-th position of the k x k neighbourhood in raster order (offsets
     ``(i - k//2) * dilation``); the ``C mod prod(k)`` remaining channels stay unshifted.
     """
-    k = _tuple(kernel_size, dim, "kernel_size")
-    dil = _tuple(dilation, dim, "dilation")
+    k = as_tuple(kernel_size, dim, "kernel_size")
+    dil = as_tuple(dilation, dim, "dilation")
     if channels < 1:
         raise ValueError(f"channels must be positive, got {channels}")
     if any(v < 1 or v % 2 == 0 for v in k):
@@ -282,7 +273,7 @@ def spatial_shift(x: torch.Tensor, offsets: Offsets, stride: IntOrTuple = 1,
     if dim < 1:
         raise ValueError(f"expected a (N, C, *spatial) input with a spatial axis, got shape {tuple(x.shape)}")
     cdim, sdims = _layout(x, dim, channels_last)
-    st = _tuple(stride, dim, "stride")
+    st = as_tuple(stride, dim, "stride")
     if any(s < 1 for s in st):
         raise ValueError(f"stride must be positive, got {stride!r}")
     offs = _offsets_list(offsets, x.shape[cdim], dim)
@@ -431,7 +422,7 @@ def active_shift(x: torch.Tensor, shift: torch.Tensor, stride: IntOrTuple = 1, c
     :func:`normalize_shift_grad`.
     """
     cdim, sdims, dim = _check_shift(x, shift, channels_last)
-    st = _tuple(stride, dim, "stride")
+    st = as_tuple(stride, dim, "stride")
     if normalize_grad:
         shift = normalize_shift_grad(shift)
     return _ActiveShiftFn.apply(x, shift, st, cdim, sdims)
@@ -504,7 +495,7 @@ def sparse_shift(x: torch.Tensor, shift: torch.Tensor, stride: IntOrTuple = 1, c
     active-shift (bilinear) gradient evaluated at the real-valued ``shift``.
     """
     cdim, sdims, dim = _check_shift(x, shift, channels_last)
-    st = _tuple(stride, dim, "stride")
+    st = as_tuple(stride, dim, "stride")
     if normalize_grad:
         shift = normalize_shift_grad(shift)
     return _SparseShiftFn.apply(x, shift, st, cdim, sdims, channels_last)

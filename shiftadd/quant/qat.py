@@ -19,8 +19,7 @@ Biases are not quantised.
 """
 from __future__ import annotations
 
-import fnmatch
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -30,6 +29,7 @@ from shiftadd.quant.functional import fake_quantize, quantize_grad
 from shiftadd.quant.hooks import (
     KINDS, LayerTransform, attach, check_kinds, detach, is_conv_like, layer_kind, weight_param_names,
 )
+from shiftadd.utils import Patterns, name_matches
 
 QUANTIZER_NAME = "quantizer"
 SHARED_NAME = "shared_quantizer"
@@ -82,28 +82,18 @@ class LayerQuantizer(LayerTransform):
         return ", ".join(parts)
 
 
-def _as_list(patterns: Union[None, str, Iterable[str]]) -> list:
-    if patterns is None:
-        return []
-    return [patterns] if isinstance(patterns, str) else list(patterns)
-
-
-def select_layers(model: nn.Module, layer_types: Sequence[str] = KINDS, include: Union[None, str, Iterable[str]] = None,
-                  exclude: Union[None, str, Iterable[str]] = None) -> Dict[str, nn.Module]:
+def select_layers(model: nn.Module, layer_types: Sequence[str] = KINDS, include: Patterns = None,
+                  exclude: Patterns = None) -> Dict[str, nn.Module]:
     """``{name: layer}`` of the adder/shift/conv/linear layers of ``model`` of the given kinds,
     filtered by fnmatch patterns on names (``include``/``exclude``)."""
     kinds = check_kinds(layer_types)
-    inc, exc = _as_list(include), _as_list(exclude)
     out = {}
     for name, m in model.named_modules():
         k = layer_kind(m)
         if k is None or k not in kinds:
             continue
-        if inc and not any(fnmatch.fnmatchcase(name, p) for p in inc):
-            continue
-        if any(fnmatch.fnmatchcase(name, p) for p in exc):
-            continue
-        out[name] = m
+        if name_matches(name, include, exclude):
+            out[name] = m
     return out
 
 
@@ -119,8 +109,8 @@ def _per_kind(config: Any) -> Dict[str, Optional[QuantConfig]]:
 
 
 def quantize_model(model: nn.Module, config: Union[ConfigLike, Mapping[str, ConfigLike]],
-                   layer_types: Sequence[str] = KINDS, include: Union[None, str, Iterable[str]] = None,
-                   exclude: Union[None, str, Iterable[str]] = None) -> Dict[str, QuantConfig]:
+                   layer_types: Sequence[str] = KINDS, include: Patterns = None,
+                   exclude: Patterns = None) -> Dict[str, QuantConfig]:
     """Attach fixed-point quantisers to ``model``'s layers, in place; returns ``{layer name: config}``.
 
     ``config``: a preset name (``"fix32"``, ``"fix16"``, ``"fix8"``, ``"fixN"``, ``"float"``), a

@@ -36,6 +36,7 @@ from shiftadd.quant.config import TensorQuant
 from shiftadd.quant.functional import compute_scale, fake_quantize, quantize_to_int
 from shiftadd.quant.hooks import LayerTransform, attach
 from shiftadd.quant.qat import QUANTIZER_NAME, SHARED_NAME, select_layers
+from shiftadd.utils import Patterns
 
 RANGES = ("max", "weight", "input")
 STATISTICS = ("max", "mean")
@@ -185,7 +186,7 @@ def calibrate(model: nn.Module, calibration_batches: Iterable[Any], device: Opti
 
 def shared_scale(model: nn.Module, bits: int, calibration_batches: Optional[Iterable[Any]] = None, *,
                  scale: str = "free", range_from: str = "max", qat: bool = False, momentum: float = 0.1,
-                 statistic: str = "max", include: Any = None, exclude: Any = None) -> Dict[str, SharedScaleQuantizer]:
+                 statistic: str = "max", include: Patterns = None, exclude: Patterns = None) -> Dict[str, SharedScaleQuantizer]:
     """Quantise every adder layer of ``model`` with one shared scale per layer, in place.
 
     ``calibration_batches`` (tensors or (x, y) pairs) set the input ranges (post-training quantisation);
