@@ -1,9 +1,8 @@
 """DeepShift layers: conv and linear layers whose weights are 0 or +-2^p (math in shiftadd.ops.bitshift)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
-
 import math
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -121,6 +120,7 @@ class PowerOfTwoWeight(nn.Module):
 
 class _ShiftConvNd(ConvLike, PowerOfTwoWeight):
     _deepshift_shift_init = (-10.0, -1.0)  # DeepShift's _ConvNdShift.reset_parameters
+
     def __init__(
         self,
         in_channels: int,
