@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from shiftadd.errors import CheckpointError
-from shiftadd.ops.bitshift import ps_weight, round_power_of_two, shift_range
+from shiftadd.ops.bitshift import shift_range
 from shiftadd.quant.hooks import KINDS, LayerTransform, attach, check_kinds, detach, layer_kind
 from shiftadd.quant.qat import select_layers
 from shiftadd.utils import Patterns
@@ -78,11 +78,7 @@ def effective_weight(layer: nn.Module) -> torch.Tensor:
     mask = get_mask(layer)
     kind = layer_kind(layer)
     if kind == "shift":
-        if layer.mode == "ps":
-            sign = layer.sign if mask is None else layer.sign.masked_fill(~mask, 0)
-            return ps_weight(layer.shift, sign, layer.weight_bits)
-        lat = layer.latent_weight if mask is None else layer.latent_weight.masked_fill(~mask, 0)
-        return round_power_of_two(lat, layer.weight_bits)
+        return layer.effective_weight(stochastic=False, mask=mask)
     w = layer.weight.detach()
     return w if mask is None else w.masked_fill(~mask, 0)
 
@@ -109,7 +105,7 @@ def _scores(layer: nn.Module, method: str, generator: Optional[torch.Generator])
     elif kind == "shift":
         primary = effective_weight(layer).abs().to(torch.float64)
         if layer.mode == "ps":
-            p_min, p_max = shift_range(layer.weight_bits)
+            p_min, p_max = shift_range(layer.weight_bits, "ps")
             secondary = layer.shift.detach().clamp(p_min, p_max).to(torch.float64)
         else:
             secondary = layer.latent_weight.detach().abs().to(torch.float64)

@@ -9,8 +9,8 @@ from shiftadd.ops.bitshift import ps_weight, q_weight, round_power_of_two, shift
 from shiftadd.ops.quant import fixed_point_range, quantize_fixed_point
 
 
-def _is_power_of_two_or_zero(w, weight_bits):
-    p_min, p_max = shift_range(weight_bits)
+def _is_power_of_two_or_zero(w, weight_bits, mode="ps"):
+    p_min, p_max = shift_range(weight_bits, mode)
     nz = w[w != 0].abs()
     p = torch.log2(nz)
     return bool(torch.all(p == p.round()) and torch.all(p >= p_min) and torch.all(p <= p_max))
@@ -20,8 +20,14 @@ def test_shift_range_matches_deepshift():
     assert shift_range(5) == (-14, 0)
     assert shift_range(2) == (0, 0)
     assert shift_range(8) == (-126, 0)
+    # DeepShift-Q: binary sign, all 2^(bits-1) shift codes are shifts
+    assert shift_range(5, "q") == (-15, 0)
+    assert shift_range(2, "q") == (-1, 0)
+    assert shift_range(8, "q") == (-127, 0)
     with pytest.raises(ValueError, match="weight_bits"):
         shift_range(1)
+    with pytest.raises(ValueError, match="mode"):
+        shift_range(5, "x")
 
 
 @pytest.mark.parametrize("mode", ["ps", "q"])
@@ -37,7 +43,7 @@ def test_every_effective_weight_is_zero_or_power_of_two_in_range(mode, bits, rou
         else:
             m.latent_weight.mul_(100)
     w = m.weight
-    assert _is_power_of_two_or_zero(w, bits)
+    assert _is_power_of_two_or_zero(w, bits, mode)
     if mode == "ps":
         assert set(torch.sign(w).unique().tolist()) <= {-1.0, 0.0, 1.0}
 
@@ -59,8 +65,8 @@ def test_ps_weight_and_straight_through_gradients():
 def test_q_weight_rounds_in_log_domain_and_passes_gradient_straight_through():
     latent = torch.tensor([0.3, -0.7, 0.0, 5.0, 1e-9], requires_grad=True)
     w = q_weight(latent, weight_bits=5)
-    # log2(0.3) = -1.74 -> 2^-2; log2(0.7) = -0.51 -> 2^-1; 5 -> clamp to 2^0; tiny -> 2^-14
-    torch.testing.assert_close(w.detach(), torch.tensor([0.25, -0.5, 0.0, 1.0, 2.0 ** -14]))
+    # log2(0.3) = -1.74 -> 2^-2; log2(0.7) = -0.51 -> 2^-1; 5 -> clamp to 2^0; tiny -> 2^-15 (Q's range)
+    torch.testing.assert_close(w.detach(), torch.tensor([0.25, -0.5, 0.0, 1.0, 2.0 ** -15]))
     w.sum().backward()
     torch.testing.assert_close(latent.grad, torch.ones(5))
 

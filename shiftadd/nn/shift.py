@@ -1,6 +1,7 @@
 """DeepShift layers: conv and linear layers whose weights are 0 or +-2^p (math in shiftadd.ops.bitshift)."""
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -9,10 +10,12 @@ import torch.nn.functional as F
 
 from shiftadd.nn.adder import kaiming_like_conv
 from shiftadd.nn.base import ConvLike, IntOrTuple, check_linear_input, check_positive
-from shiftadd.ops.bitshift import ROUNDING_MODES, ps_weight, q_weight, shift_range, shift_sign_from_weight
+from shiftadd.ops.bitshift import (
+    ROUNDING_MODES, SHIFT_MODES, ps_weight, q_weight, shift_range, shift_sign_from_weight,
+)
 from shiftadd.ops.quant import fixed_point_range, quantize_fixed_point
 
-SHIFT_MODES = ("ps", "q")
+INIT_MODES = ("kaiming", "deepshift")
 
 
 class PowerOfTwoWeight(nn.Module):
@@ -20,23 +23,37 @@ class PowerOfTwoWeight(nn.Module):
 
     mode "ps": trainable ``shift`` (p) and ``sign`` (s); mode "q": trainable ``latent_weight``.
     ``.weight`` is the effective weight tensor (read-only), so code reading ``conv.weight`` works.
+
+    ``init="kaiming"`` (default): the weight of ``nn.Conv2d``/``nn.Linear``'s default initialisation, in PS mode
+    converted to p = round(log2|w|), s = sign(w) (no weight is 0); bias 0. ``init="deepshift"``: DeepShift's
+    own ``reset_parameters``: PS shift ~ U(-10, -1) (conv) or U(p_min, 0) (linear), sign ~ U(-1, 1) (so about
+    half the weights round to 0), Q latent weight as "kaiming"; bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
     """
 
+    _deepshift_shift_init: Optional[Tuple[float, float]] = None  # None: the whole shift range
+
     def _init_power_of_two(self, shape: Tuple[int, ...], mode: str, weight_bits: int, rounding: str,
-                           activation_bits: Optional[Sequence[int]], activation_signed: bool,
+                           activation_bits: Optional[Sequence[int]], activation_signed: bool, init: str = "kaiming",
                            device=None, dtype=None) -> None:
         if mode not in SHIFT_MODES:
             raise ValueError(f"mode must be one of {SHIFT_MODES}, got {mode!r}")
         if rounding not in ROUNDING_MODES:
             raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
-        shift_range(weight_bits)  # validates weight_bits
+        if init not in INIT_MODES:
+            raise ValueError(f"init must be one of {INIT_MODES}, got {init!r}")
+        shift_range(weight_bits, mode)  # validates weight_bits
         if activation_bits is not None:
             if len(activation_bits) != 2:
                 raise ValueError(f"activation_bits must be (int_bits, frac_bits), got {activation_bits!r}")
             fixed_point_range(int(activation_bits[0]), int(activation_bits[1]), activation_signed)
             activation_bits = (int(activation_bits[0]), int(activation_bits[1]))
-        self.mode, self.weight_bits, self.rounding = mode, int(weight_bits), rounding
+        self.mode, self.weight_bits, self.rounding, self.init = mode, int(weight_bits), rounding, init
         self.activation_bits, self.activation_signed = activation_bits, bool(activation_signed)
+        if mode == "ps" and init == "deepshift":
+            lo, hi = self._deepshift_shift_init or shift_range(self.weight_bits, "ps")
+            self.shift = nn.Parameter(torch.empty(shape, device=device, dtype=dtype).uniform_(lo, hi))
+            self.sign = nn.Parameter(torch.empty(shape, device=device, dtype=dtype).uniform_(-1, 1))
+            return
         w = kaiming_like_conv(shape, device, dtype)
         if mode == "ps":
             p, s = shift_sign_from_weight(w, weight_bits)
@@ -45,13 +62,35 @@ class PowerOfTwoWeight(nn.Module):
         else:
             self.latent_weight = nn.Parameter(w)
 
+    def _init_bias(self, bias: bool, out_features: int, fan_in: int, device=None, dtype=None) -> None:
+        if not bias:
+            self.bias = None
+            return
+        b = torch.zeros(out_features, device=device, dtype=dtype)
+        if self.init == "deepshift":
+            bound = 1 / math.sqrt(fan_in)
+            b.uniform_(-bound, bound)
+        self.bias = nn.Parameter(b)
+
+    def effective_weight(self, stochastic: Optional[bool] = None,
+                         mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The weight the layer computes with: every entry is 0 or +-2^p with p in the shift range.
+
+        ``stochastic``: round stochastically (default: ``rounding="stochastic"`` in training mode only).
+        ``mask`` (bool, True = kept): pruned entries get sign 0 (PS) or latent weight 0 (Q), i.e. weight 0.
+        """
+        if stochastic is None:
+            stochastic = self.rounding == "stochastic" and self.training
+        if self.mode == "ps":
+            sign = self.sign if mask is None else self.sign.masked_fill(~mask, 0)
+            return ps_weight(self.shift, sign, self.weight_bits, stochastic)
+        latent = self.latent_weight if mask is None else self.latent_weight.masked_fill(~mask, 0)
+        return q_weight(latent, self.weight_bits, stochastic)
+
     @property
     def weight(self) -> torch.Tensor:
-        """The effective weight: every entry is 0 or +-2^p with p in the shift range."""
-        stochastic = self.rounding == "stochastic" and self.training
-        if self.mode == "ps":
-            return ps_weight(self.shift, self.sign, self.weight_bits, stochastic)
-        return q_weight(self.latent_weight, self.weight_bits, stochastic)
+        """The effective weight (:meth:`effective_weight` with the layer's rounding)."""
+        return self.effective_weight()
 
     @torch.no_grad()
     def set_weight(self, w: torch.Tensor) -> None:
@@ -72,12 +111,16 @@ class PowerOfTwoWeight(nn.Module):
         s = f", mode={self.mode!r}, weight_bits={self.weight_bits}"
         if self.rounding != "deterministic":
             s += f", rounding={self.rounding!r}"
+        if self.init != "kaiming":
+            s += f", init={self.init!r}"
         if self.activation_bits is not None:
             s += f", activation_bits={self.activation_bits}, activation_signed={self.activation_signed}"
         return s
 
 
 class _ShiftConvNd(ConvLike, PowerOfTwoWeight):
+    _deepshift_shift_init = (-10.0, -1.0)  # DeepShift's _ConvNdShift.reset_parameters
+
     def __init__(
         self,
         in_channels: int,
@@ -93,13 +136,14 @@ class _ShiftConvNd(ConvLike, PowerOfTwoWeight):
         rounding: str = "deterministic",
         activation_bits: Optional[Sequence[int]] = None,
         activation_signed: bool = True,
+        init: str = "kaiming",
         device=None,
         dtype=None,
     ) -> None:
         ConvLike.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self._init_power_of_two(self.weight_shape, mode, weight_bits, rounding, activation_bits,
-                                activation_signed, device, dtype)
-        self.bias = nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
+                                activation_signed, init, device, dtype)
+        self._init_bias(bias, out_channels, math.prod(self.weight_shape[1:]), device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, unbatched = self.check_input(x)
@@ -130,13 +174,13 @@ class ShiftLinear(PowerOfTwoWeight):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "ps",
                  weight_bits: int = 5, rounding: str = "deterministic",
                  activation_bits: Optional[Sequence[int]] = None, activation_signed: bool = True,
-                 device=None, dtype=None) -> None:
+                 init: str = "kaiming", device=None, dtype=None) -> None:
         super().__init__()
         self.in_features = check_positive("in_features", in_features)
         self.out_features = check_positive("out_features", out_features)
         self._init_power_of_two((out_features, in_features), mode, weight_bits, rounding, activation_bits,
-                                activation_signed, device, dtype)
-        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+                                activation_signed, init, device, dtype)
+        self._init_bias(bias, out_features, in_features, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_linear_input(self, x, self.in_features)

@@ -4,10 +4,12 @@ Networks", CVPR-W 2021): weights restricted to 0 or +-2^p so that a product is a
 * DeepShift-PS trains the shift p and the sign s directly:
   w = ternary(s) * 2^round(clamp(p, p_min, 0)), with straight-through rounding.
 * DeepShift-Q keeps a latent float weight and rounds it in the forward pass:
-  w = sign(w) * 2^round(log2 |w|) (exponent clamped to the same range), straight-through.
+  w = sign(w) * 2^round(log2 |w|) (exponent clamped to the range), straight-through.
 
-With ``weight_bits`` bits (one for the sign) the shift takes values p in
-[-(2^(bits-1) - 2), 0], e.g. [-14, 0] for the default 5 bits, as in DeepShift.
+``weight_bits`` bits hold one sign bit and ``weight_bits - 1`` shift bits, as in DeepShift's code
+(``shift_range`` in ``deepshift/modules.py`` and ``modules_q.py``). DeepShift-Q's sign is binary, so all
+2^(bits-1) shift codes are shifts: p in [-(2^(bits-1) - 1), 0] ([-15, 0] for 5 bits). DeepShift-PS's sign
+is ternary and zero takes one code: p in [-(2^(bits-1) - 2), 0] ([-14, 0] for 5 bits).
 """
 from __future__ import annotations
 
@@ -15,32 +17,36 @@ from typing import Optional, Tuple
 
 import torch
 
-ROUNDING_MODES = ("deterministic", "stochastic")
+from shiftadd.ops.quant import ROUNDING_MODES, round_ste, round_values, straight_through
+
+SHIFT_MODES = ("ps", "q")
+
+__all__ = ["ROUNDING_MODES", "SHIFT_MODES", "shift_range", "ps_weight", "q_weight", "round_power_of_two",
+           "shift_sign_from_weight"]
 
 
-def shift_range(weight_bits: int) -> Tuple[int, int]:
-    """(p_min, p_max) of the shift for ``weight_bits`` bits including the sign bit."""
+def shift_range(weight_bits: int, mode: str = "ps") -> Tuple[int, int]:
+    """(p_min, p_max) of the shift for ``weight_bits`` bits including the sign bit, for DeepShift-``mode``.
+
+    "ps" (ternary sign): [-(2^(bits-1) - 2), 0]; "q" (binary sign): [-(2^(bits-1) - 1), 0].
+    """
+    if mode not in SHIFT_MODES:
+        raise ValueError(f"mode must be one of {SHIFT_MODES}, got {mode!r}")
     if weight_bits < 2:
         raise ValueError(f"weight_bits must be >= 2 (one sign bit and at least one shift bit), got {weight_bits}")
-    return -(2 ** (weight_bits - 1) - 2), 0
+    codes = 2 ** (weight_bits - 1)  # values of the shift field
+    return -(codes - 2 if mode == "ps" else codes - 1), 0
 
 
-def _round(x: torch.Tensor, stochastic: bool, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    if stochastic:  # round up with probability equal to the fractional part
-        return torch.floor(x + torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype))
-    return torch.round(x)
-
-
-def _exponent(w: torch.Tensor, weight_bits: int, stochastic: bool = False,
+def _exponent(w: torch.Tensor, weight_bits: int, mode: str, stochastic: bool = False,
               generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """round(log2|w|) clamped to the shift range (|w| = 0 gives p_min)."""
-    p_min, p_max = shift_range(weight_bits)
-    log_mag = torch.log2(w.abs().clamp_min(torch.finfo(w.dtype).tiny))
-    return _round(log_mag, stochastic, generator).clamp(p_min, p_max)
+    """round(log2|w|) clamped to the shift range of ``mode`` (|w| = 0, log2 = -inf, gives p_min).
 
-def ste(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """``value`` in the forward pass, identity gradient with respect to ``x``."""
-    return x + (value - x).detach()
+    No clamping to the smallest normal number first: that would cap the exponent at -126 in float32,
+    while 8-bit DeepShift-Q reaches 2^-127 (a subnormal float32).
+    """
+    p_min, p_max = shift_range(weight_bits, mode)
+    return round_values(torch.log2(w.abs()), stochastic, generator).clamp(p_min, p_max)
 
 
 def ps_weight(
@@ -50,25 +56,29 @@ def ps_weight(
     stochastic: bool = False,
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
-    """DeepShift-PS effective weight ternary(s) * 2^round(clamp(p)) with STE rounding."""
-    p_min, p_max = shift_range(weight_bits)
-    p = ste(shift, _round(shift.detach().clamp(p_min, p_max), stochastic, generator))
-    s = ste(sign, torch.round(sign.detach().clamp(-1, 1)))  # ternary sign in {-1, 0, 1}
+    """DeepShift-PS effective weight round(clamp(s, -1, 1)) * 2^round(clamp(p)), straight-through.
+
+    Stochastic rounding rounds the shift and the sign (as DeepShift's ``ste.round(sign, rounding)``): for s in
+    (-1, 1) the sign is sign(s) with probability |s| and 0 otherwise.
+    """
+    p_min, p_max = shift_range(weight_bits, "ps")
+    p = round_ste(shift, p_min, p_max, stochastic, generator)
+    s = round_ste(sign, -1.0, 1.0, stochastic, generator)  # ternary sign in {-1, 0, 1}
     return s * torch.pow(2.0, p)  # w = s * 2^p
 
 
 def round_power_of_two(w: torch.Tensor, weight_bits: int = 5, stochastic: bool = False,
                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """sign(w) * 2^round(log2|w|), exponent clamped to the shift range; zero stays zero (no STE)."""
-    return torch.sign(w) * torch.pow(2.0, _exponent(w, weight_bits, stochastic, generator))
+    """sign(w) * 2^round(log2|w|), exponent clamped to DeepShift-Q's range; zero stays zero (no STE)."""
+    return torch.sign(w) * torch.pow(2.0, _exponent(w, weight_bits, "q", stochastic, generator))
 
 
 def q_weight(latent: torch.Tensor, weight_bits: int = 5, stochastic: bool = False,
              generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """DeepShift-Q effective weight: latent weight rounded to a power of two, straight-through."""
-    return ste(latent, round_power_of_two(latent.detach(), weight_bits, stochastic, generator))
+    return straight_through(latent, round_power_of_two(latent.detach(), weight_bits, stochastic, generator))
 
 
 def shift_sign_from_weight(w: torch.Tensor, weight_bits: int = 5) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(p, s) with p = round(log2|w|) clamped to the range and s = sign(w), to initialise PS layers."""
-    return _exponent(w, weight_bits), torch.sign(w)
+    """(p, s) with p = round(log2|w|) clamped to the PS range and s = sign(w), to initialise PS layers."""
+    return _exponent(w, weight_bits, "ps"), torch.sign(w)

@@ -25,7 +25,9 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, Mapping, Optional, Union
 
-ROUNDINGS = ("deterministic", "stochastic")
+from shiftadd.ops.quant import ROUNDING_MODES
+
+ROUNDINGS = ROUNDING_MODES  # the rounding modes of shiftadd.ops.quant.round_values
 GRANULARITIES = ("tensor", "channel")
 SCALES = ("pow2", "free")
 TENSOR_KINDS = ("weight", "activation", "grad_output", "weight_grad")

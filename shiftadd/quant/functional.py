@@ -9,7 +9,9 @@ The integer mapping of a :class:`TensorQuant` ``spec`` with scale ``s`` is
 :func:`quantize_to_int` returns ``(q, s)``; :func:`fake_quantize` returns ``x_q`` in ``x``'s dtype and
 is bit-identical to ``dequantize(*quantize_to_int(x))``. Arithmetic is done in float32 for formats of
 at most 24 bits (every integer code is exact there) and in float64 for wider ones (FIX32), so FIX32
-codes and their clipping are exact; the dequantised value is then rounded to ``x``'s dtype.
+codes and their clipping are exact; the dequantised value is then rounded to ``x``'s dtype. The rounding
+and the quantiser itself are :mod:`shiftadd.ops.quant`'s (``grid_codes`` / ``quantize_to_grid``); this
+module chooses the scale and the range from a ``TensorQuant``.
 """
 from __future__ import annotations
 
@@ -18,14 +20,11 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from shiftadd.ops.quant import grid_codes, quantize_to_grid, work_dtype
 from shiftadd.quant.config import TensorQuant
 
 # Fraction bits are kept where 2^-f is a normal float32 number.
 F_MIN, F_MAX = -126, 126
-
-
-def _work_dtype(x: torch.Tensor, bits: int) -> torch.dtype:
-    return torch.float64 if (x.dtype == torch.float64 or bits > 24) else torch.float32
 
 
 def _reduce_dims(x: torch.Tensor, granularity: str, channel_dim: int) -> Optional[Tuple[int, ...]]:
@@ -80,53 +79,21 @@ def compute_scale(x: torch.Tensor, spec: TensorQuant, channel_dim: int = 0,
     return torch.where(ok, m / spec.qmax, torch.ones_like(m))
 
 
-def _round(v: torch.Tensor, stochastic: bool, generator: Optional[torch.Generator]) -> torch.Tensor:
-    if stochastic:  # round up with probability equal to the fractional part (unbiased)
-        return torch.floor(v + torch.rand(v.shape, generator=generator, device=v.device, dtype=v.dtype))
-    return torch.round(v)  # half to even
-
-
-def _codes(x: torch.Tensor, scale: torch.Tensor, spec: TensorQuant, stochastic: bool,
-           generator: Optional[torch.Generator]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(q as float in the work dtype, scale in the work dtype, in-range mask)."""
-    wd = _work_dtype(x, spec.bits)
-    s = scale.to(device=x.device, dtype=wd)
-    v = x.detach().to(wd) / s
-    inside = (v >= spec.qmin) & (v <= spec.qmax)
-    q = _round(v, stochastic, generator).clamp_(spec.qmin, spec.qmax)
-    return q, s, inside
-
-
 def quantize_to_int(x: torch.Tensor, spec: TensorQuant, scale: Optional[torch.Tensor] = None,
                     channel_dim: int = 0, generator: Optional[torch.Generator] = None,
                     ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The integer codes ``q`` (int64, in [qmin, qmax]) and the scale ``s`` (float64) with x ~ q * s."""
     if scale is None:
         scale = compute_scale(x, spec, channel_dim)
-    q, _, _ = _codes(x, scale, spec, spec.rounding == "stochastic", generator)
+    q, _, _ = grid_codes(x, scale, spec.qmin, spec.qmax, spec.rounding == "stochastic", generator)
     return q.to(torch.int64), scale.to(torch.float64)
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, spec: TensorQuant,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``q * scale`` computed like :func:`fake_quantize` does (bit-identical result) in ``dtype``."""
-    wd = torch.float64 if (dtype == torch.float64 or spec.bits > 24) else torch.float32
+    wd = work_dtype(dtype, spec.qmin, spec.qmax)
     return (q.to(wd) * scale.to(device=q.device, dtype=wd)).to(dtype)
-
-
-class _FakeQuant(torch.autograd.Function):
-    """Forward: q * s exactly; backward: straight through inside the range, zero where clipped."""
-
-    @staticmethod
-    def forward(ctx, x, scale, spec, stochastic, generator):  # type: ignore[override]
-        q, s, inside = _codes(x, scale, spec, stochastic, generator)
-        ctx.save_for_backward(inside)
-        return (q * s).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
-        (inside,) = ctx.saved_tensors
-        return g * inside.to(g.dtype), None, None, None, None
 
 
 def fake_quantize(x: torch.Tensor, spec: TensorQuant, scale: Optional[torch.Tensor] = None,
@@ -142,7 +109,7 @@ def fake_quantize(x: torch.Tensor, spec: TensorQuant, scale: Optional[torch.Tens
     if scale is None:
         scale = compute_scale(x, spec, channel_dim)
     st = spec.rounding == "stochastic" if stochastic is None else bool(stochastic)
-    return _FakeQuant.apply(x, scale, spec, st, generator)
+    return quantize_to_grid(x, scale, spec.qmin, spec.qmax, st, generator)
 
 
 class _GradQuant(torch.autograd.Function):
