@@ -41,13 +41,9 @@ def _effective_weight(module: nn.Module) -> torch.Tensor:
 
 
 def _eval_weight(module: nn.Module) -> torch.Tensor:
-    """A shift layer's effective power-of-two ``.weight`` as computed in eval mode."""
-    was = module.training
-    module.eval()
+    """A shift layer's effective power-of-two weight, deterministically rounded (as in eval mode)."""
     with torch.no_grad():
-        w = module.weight.detach()
-    module.train(was)
-    return w
+        return module.effective_weight(stochastic=False).detach()
 
 
 def _activation_bits(module: nn.Module, fallback: Optional[Sequence[int]]) -> Sequence[int]:
