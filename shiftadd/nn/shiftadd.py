@@ -44,6 +44,7 @@ class _ShiftAddConvNd(ConvLike):
         rounding: str = "deterministic",
         activation_bits: Optional[Sequence[int]] = None,
         activation_signed: bool = True,
+        init: str = "kaiming",
         grad_mode: str = "full",
         eta: float = 0.2,
         device=None,
@@ -53,7 +54,8 @@ class _ShiftAddConvNd(ConvLike):
         kw = {"device": device, "dtype": dtype}
         self.shift = self._shift_cls(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                                      bias=False, mode=mode, weight_bits=weight_bits, rounding=rounding,
-                                     activation_bits=activation_bits, activation_signed=activation_signed, **kw)
+                                     activation_bits=activation_bits, activation_signed=activation_signed,
+                                     init=init, **kw)
         pads = _same_padding(self.kernel_size, self.dilation)
         symmetric = all(a == b for a, b in pads)
         self._extra_pad = None if symmetric else tuple(v for a, b in reversed(pads) for v in (a, b))
@@ -100,13 +102,14 @@ class ShiftAddLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, fixed_shift: bool = False,
                  mode: str = "ps", weight_bits: int = 5, rounding: str = "deterministic",
                  activation_bits: Optional[Sequence[int]] = None, activation_signed: bool = True,
-                 grad_mode: str = "full", eta: float = 0.2, device=None, dtype=None) -> None:
+                 init: str = "kaiming", grad_mode: str = "full", eta: float = 0.2, device=None,
+                 dtype=None) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.shift = ShiftLinear(in_features, out_features, bias=False, mode=mode, weight_bits=weight_bits,
                                  rounding=rounding, activation_bits=activation_bits,
-                                 activation_signed=activation_signed, **kw)
+                                 activation_signed=activation_signed, init=init, **kw)
         self.adder = AdderLinear(out_features, out_features, bias=bias, grad_mode=grad_mode, eta=eta, **kw)
         self.fixed_shift = bool(fixed_shift)
         if fixed_shift:
