@@ -81,7 +81,7 @@ def test_with_val_split_the_test_split_is_evaluated_only_after_training(tmp_path
     assert saved["final"]["epoch"] == 4 and saved["final"]["test_images"] == len(test_ds.labels)
 
 
-def test_the_best_checkpoint_is_the_epoch_with_the_highest_validation_accuracy(tmp_path, tiny_data, capsys):
+def test_the_best_checkpoint_is_the_epoch_with_the_highest_validation_accuracy(tmp_path, tiny_data):
     run = tmp_path / "run"
     res = train(_cfg(lr=0.3), str(run), data=tiny_data, log=_quiet)
     accs = [h["val_acc"] for h in res.history]
