@@ -27,7 +27,8 @@ from shiftadd.energy import profile, training_energy  # noqa: E402
 from shiftadd.quant import layer_kind  # noqa: E402
 from shiftadd.train import load_trained_model  # noqa: E402
 from shiftadd.train.checkpoint import load_checkpoint_meta  # noqa: E402
-from shiftadd.train.loop import dataset_shape, evaluate_checkpoint, load_data  # noqa: E402
+from shiftadd.train.runs import evaluate_checkpoint  # noqa: E402
+from shiftadd.train.task import dataset_shape, load_data  # noqa: E402
 
 OUT = ROOT / "docs" / "ablations"
 PLATFORM = "asic45nm"
@@ -65,7 +66,7 @@ def shift_weights_changed(model: torch.nn.Module, cfg: Any) -> Optional[float]:
     """Fraction of the bit-shift layers' effective weights that differ from their initial values
     (the initial model is rebuilt exactly as the trainer built it), or None without shift layers."""
     from shiftadd.nn import SHIFT_TYPES
-    from shiftadd.train.loop import build_model, seed_everything
+    from shiftadd.train.build import build_model, seed_everything
 
     shifts = [m for m in model.modules() if isinstance(m, SHIFT_TYPES)]
     if not shifts:
@@ -122,7 +123,7 @@ def pruning() -> Dict[str, Dict[str, Any]]:
 
 def shared_scale_ptq() -> Dict[str, Dict[str, Any]]:
     """Post-training shared-scale quantisation of the trained adder / shift-add networks."""
-    from shiftadd.train.compress import shared_scale_sweep
+    from shiftadd.train.runs import shared_scale_sweep
 
     rows = {}
     for op in ("adder", "shiftadd", "shiftadd-fixed"):

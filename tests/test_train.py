@@ -16,6 +16,7 @@ from shiftadd.models import create
 from shiftadd.train import (RECIPES, TrainingDiverged, build_optimizer, compare, format_table, load_checkpoint,
                             load_config_file, lr_factor, make_config, save_checkpoint, train)
 from shiftadd.train import loop as train_loop
+from shiftadd.train.evaluate import has_adder_layers
 from shiftadd.train.checkpoint import get_rng_state, set_rng_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -319,8 +320,8 @@ def test_batchnorm_recalibration_replaces_lagging_running_statistics():
     torch.testing.assert_close(model[1].running_var, expected_var)
     cfg = make_config(model="resnet8", op="adder")
     assert cfg.bn_recalibration is None  # auto: on for models with adder layers
-    assert train_loop.has_adder_layers(create("resnet8", op="shiftadd", width=2))
-    assert not train_loop.has_adder_layers(create("resnet8", op="shift-ps", width=2))
+    assert has_adder_layers(create("resnet8", op="shiftadd", width=2))
+    assert not has_adder_layers(create("resnet8", op="shift-ps", width=2))
 
 
 def test_background_batch_preparation_changes_nothing(tiny_data):

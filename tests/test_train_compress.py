@@ -9,7 +9,7 @@ from shiftadd.errors import CheckpointError, UserError
 from shiftadd.prune import get_mask
 from shiftadd.quant import quantized_layers
 from shiftadd.train import load_checkpoint, make_config, train
-from shiftadd.train.loop import evaluate_checkpoint
+from shiftadd.train.runs import evaluate_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,7 @@ import torch
 
 from shiftadd.cli import main
 from shiftadd.errors import UserError
-from shiftadd.train import load_checkpoint, make_config, split_validation, train
-from shiftadd.train import loop as train_loop
-from shiftadd.train.loop import evaluate_checkpoint
+from shiftadd.train import ClassificationTask, evaluate_checkpoint, load_checkpoint, make_config, split_validation, train
 
 
 @pytest.fixture(scope="module")
@@ -57,22 +55,21 @@ def test_the_validation_slice_is_disjoint_class_balanced_and_fixed_by_the_seed(t
         _cfg(val_split=0)
 
 
-def test_with_val_split_the_test_split_is_evaluated_only_after_training(tmp_path, tiny_data, monkeypatch):
+def test_with_val_split_the_test_split_is_evaluated_only_after_training(tmp_path, tiny_data):
     test_ds = tiny_data[1]
     calls = []  # (split, epochs finished when evaluated)
     epochs_done = [0]
-    real_evaluate = train_loop.evaluate
 
-    def spy(model, loader, *args, **kwargs):
-        calls.append(("test" if loader.dataset is test_ds else "other", epochs_done[0]))
-        return real_evaluate(model, loader, *args, **kwargs)
+    class Spy(ClassificationTask):
+        def evaluate(self, model, loader, *args, **kwargs):
+            calls.append(("test" if loader.dataset is test_ds else "other", epochs_done[0]))
+            return super().evaluate(model, loader, *args, **kwargs)
 
     def count(msg):
         if msg.startswith("epoch "):
             epochs_done[0] += 1
 
-    monkeypatch.setattr(train_loop, "evaluate", spy)
-    res = train(_cfg(), str(tmp_path / "run"), data=tiny_data, log=count)
+    res = train(_cfg(), str(tmp_path / "run"), data=tiny_data, log=count, task=Spy())
     per_epoch = [c for c in calls if c[0] == "other"]
     test_calls = [c for c in calls if c[0] == "test"]
     assert [e for _, e in per_epoch] == [0, 1, 2, 3]  # validation after every epoch
@@ -84,7 +81,7 @@ def test_with_val_split_the_test_split_is_evaluated_only_after_training(tmp_path
     assert saved["final"]["epoch"] == 4 and saved["final"]["test_images"] == len(test_ds.labels)
 
 
-def test_the_best_checkpoint_is_the_epoch_with_the_highest_validation_accuracy(tmp_path, tiny_data, capsys):
+def test_the_best_checkpoint_is_the_epoch_with_the_highest_validation_accuracy(tmp_path, tiny_data):
     run = tmp_path / "run"
     res = train(_cfg(lr=0.3), str(run), data=tiny_data, log=_quiet)
     accs = [h["val_acc"] for h in res.history]

@@ -74,7 +74,9 @@ def _bit_list(text: str):
 
 def _cmd_prune(args) -> int:
     from shiftadd.prune import format_sparsity_report
-    from shiftadd.train.loop import TrainingDiverged, checkpoint_config, evaluate_checkpoint, load_data, train
+    from shiftadd.train.loop import TrainingDiverged, train
+    from shiftadd.train.runs import checkpoint_config, evaluate_checkpoint
+    from shiftadd.train.task import load_data
 
     if args.threads:
         import torch
@@ -128,7 +130,7 @@ def _cmd_prune(args) -> int:
 def _cmd_quantize(args) -> int:
     import torch
 
-    from shiftadd.train.compress import shared_scale_sweep
+    from shiftadd.train.runs import shared_scale_sweep
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -200,48 +200,74 @@ def _overrides(args) -> Dict[str, Any]:
     return out
 
 
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _requested(given: Dict[str, Any]) -> Dict[str, Any]:
+    """The settings the command line asks for explicitly: the --config file, then the flags (and --recipe)."""
+    from shiftadd.train.config import coerce_values, load_config_file
+
+    values: Dict[str, Any] = load_config_file(given["config"]) if "config" in given else {}
+    flags = coerce_values(_overrides(argparse.Namespace(**given)))
+    options = dict(values.get("model_options", {}))
+    options.update(flags.pop("model_options", {}))
+    values.update(flags)
+    if options:
+        values["model_options"] = options
+    if given.get("recipe"):
+        values["recipe"] = given["recipe"]
+    return values
+
+
+def _resumed_config(run: str, requested: Dict[str, Any]):
+    """The saved configuration of ``run`` with the resumable settings of ``requested``; any other
+    setting must equal the saved one (re-running the same command with --resume is fine)."""
+    from shiftadd.train.checkpoint import load_checkpoint_meta
+    from shiftadd.train.config import config_from_dict
+    from shiftadd.train.loop import RESUMABLE_OVERRIDES
+
+    saved = config_from_dict(load_checkpoint_meta(run)["config"])
+    changes = []
+    for key, new in requested.items():
+        if key in RESUMABLE_OVERRIDES:
+            setattr(saved, key, new)
+        elif key == "model_options":  # only the options given are compared (others may be inherited)
+            changes += [(f"-O {k}", saved.model_options.get(k), v) for k, v in new.items()
+                        if saved.model_options.get(k) != v]
+        elif getattr(saved, key) != new:
+            changes.append((_flag(key), getattr(saved, key), new))
+    if changes:
+        name, old, new = changes[0]
+        raise UserError(f"{name} cannot change when resuming: the run in {run} has {old!r}, this command "
+                        f"gives {new!r}; only {', '.join(_flag(k) for k in RESUMABLE_OVERRIDES)} can change")
+    return saved
+
+
 def _cmd_train(args) -> int:
-    from shiftadd.train.config import load_config_file, make_config
-    from shiftadd.train.loop import RESUMABLE_OVERRIDES, TrainingDiverged, train
+    from shiftadd.train.config import make_config
+    from shiftadd.train.loop import TrainingDiverged, train
 
     given = vars(args)
-    flags = _overrides(args)
+    values = _requested(given)
     if "resume" in given:
         run = given["resume"]
         if "out" in given and os.path.abspath(given["out"]) != os.path.abspath(run):
             raise UserError("--resume OUT continues OUT in place; do not pass a different --out")
-        if "config" in given:
-            raise UserError("--config cannot be combined with --resume (the run keeps its configuration)")
-        bad = sorted(k for k in flags if k not in RESUMABLE_OVERRIDES)
-        if bad:
-            raise UserError(f"--{bad[0].replace('_', '-')} cannot change when resuming; "
-                            f"only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_OVERRIDES)} can")
-        from shiftadd.train.checkpoint import load_checkpoint_meta
-        from shiftadd.train.config import config_from_dict
-
-        saved = config_from_dict(load_checkpoint_meta(run)["config"])
-        for k, v in flags.items():
-            setattr(saved, k, v)
-        config, out, resume = saved, run, True
+        config, out, resume = _resumed_config(run, values), run, True
     else:
-        values: Dict[str, Any] = {}
-        if "config" in given:
-            values.update(load_config_file(given["config"]))
-        init_from = flags.get("init_from", values.get("init_from"))
+        init_from = values.get("init_from")
         if init_from:  # fine-tuning: the start run's model, data and optimizer unless given
             from shiftadd.train.compress import inherited_settings
 
-            values = {**inherited_settings(init_from), **values}
-        merged_options = dict(values.get("model_options", {}))
-        merged_options.update(flags.pop("model_options", {}))
-        values.update(flags)
-        if merged_options:
-            values["model_options"] = merged_options
-        config = make_config(given.get("recipe") or values.pop("recipe", None), values)
+            inherited = inherited_settings(init_from)
+            options = {**inherited.get("model_options", {}), **values.get("model_options", {})}
+            values = {**inherited, **values}
+            if options:
+                values["model_options"] = options
+        config = make_config(values.pop("recipe", None), values)
         out = given.get("out") or os.path.join("runs", f"{config.model}-{config.op}-{config.dataset}")
         resume = False
-    if not sys.stderr.isatty() and "progress" not in given:
-        config.progress = False  # logs: one line per epoch instead of a redrawn bar
     try:
         result = train(config, out, resume=resume)
     except TrainingDiverged as exc:
@@ -260,7 +286,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from shiftadd.train.loop import best_checkpoint_path, evaluate_checkpoint
+    from shiftadd.train.runs import best_checkpoint_path, evaluate_checkpoint
 
     if args.threads:
         import torch

@@ -42,7 +42,8 @@ def compare(models_ops: Iterable[ModelOp] = DEMO_VARIANTS, dataset: str = "embed
     shiftadd on the embedded 2,000/1,000-image CIFAR-10 subset, 10 epochs of batch 64. ``threads=1``
     by default: on a CPU shared with other work, more torch threads can be ten times slower.
     """
-    from shiftadd.train.loop import load_data, train
+    from shiftadd.train.loop import train
+    from shiftadd.train.task import load_data
 
     log = log or print
     pairs = [_parse(e) for e in models_ops]

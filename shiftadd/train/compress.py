@@ -15,7 +15,7 @@ parameters stay exactly zero.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -73,31 +73,3 @@ def prepare_model(model: nn.Module, config: Any, state: Optional[Mapping[str, to
     except ValueError as exc:
         raise UserError(str(exc)) from None
     return summary
-
-
-def shared_scale_sweep(run: str, bits: Sequence[int] = (16, 8, 6, 4), scale: str = "free",
-                       calibration_batches: int = 4, data_dir: Optional[str] = None,
-                       test_subset: Optional[int] = None) -> Dict[str, Any]:
-    """Post-training shared-scale quantisation of the adder layers of the run saved in ``run``.
-
-    Calibrates on ``calibration_batches`` training batches of 128 (no augmentation, seed + 1) and
-    returns ``{"float": acc, "int16": acc, ...}`` on the run's test split (``test_subset`` 0: all),
-    plus ``"test_images"``. See :func:`shiftadd.quant.evaluate_bit_widths`.
-    """
-    from shiftadd.data import BatchLoader
-    from shiftadd.quant import evaluate_bit_widths
-    from shiftadd.train.loop import checkpoint_config, evaluate, load_data, load_trained_model
-
-    model, _, _ = load_trained_model(run)
-    config = checkpoint_config(run, data_dir, test_subset)
-    train_ds, test_ds = load_data(config)
-    loader = BatchLoader(train_ds, 128, shuffle=True, augment=False, seed=config.seed + 1)
-    calib = [batch[0] for _, batch in zip(range(calibration_batches), loader)]
-    test = BatchLoader(test_ds, config.test_batch_size, shuffle=False, augment=False)
-    device = next(model.parameters()).device
-    try:
-        res = evaluate_bit_widths(model, lambda m: evaluate(m, test, device)["acc"], calib, bits=bits, scale=scale)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    res["test_images"] = len(test_ds.labels)
-    return res

@@ -23,6 +23,7 @@ class TrainConfig:
     """Everything that defines a training run (saved in every checkpoint)."""
 
     # what to train
+    task: str = "classification"  # a task registered in shiftadd.train.task (what the loop trains on)
     model: str = "resnet20"
     op: str = "conv"
     model_options: Dict[str, Any] = field(default_factory=dict)
@@ -235,6 +236,14 @@ def _coerce(name: str, value: Any) -> Any:
             raise UserError(f"{name} must be a mapping, got {value!r}")
         return dict(value)
     return value
+
+
+def coerce_values(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """``values`` checked and converted field by field (unknown names and bad types raise UserError)."""
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise UserError(f"unknown configuration key {unknown[0]!r}; known keys: {', '.join(sorted(_FIELDS))}")
+    return {k: _coerce(k, v) for k, v in values.items()}
 
 
 def make_config(recipe: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None,

@@ -1,0 +1,117 @@
+"""Building a run's parts: seeding, the device, the model, the optimizer and the learning-rate schedule."""
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from shiftadd.errors import UserError
+from shiftadd.train.config import TrainConfig
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` -> the local rank's GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name!r} requested but CUDA is not available")
+        if name == "cuda":
+            name = f"cuda:{local_rank}"
+        idx = int(name.split(":")[1])
+        if idx >= torch.cuda.device_count():
+            raise UserError(f"device {name!r} does not exist ({torch.cuda.device_count()} GPUs)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("device 'mps' requested but it is not available")
+    return torch.device(name)
+
+
+def build_model(name: str, op: str, num_classes: int, options: Dict[str, Any], in_channels: Optional[int] = None,
+                image_size: Optional[int] = None) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Create a zoo model; ``in_channels``/``image_size`` are passed to models that take them.
+
+    Returns the model and the exact options used (saved in checkpoints to rebuild it).
+    """
+    from shiftadd.models import create
+
+    opts = dict(options)
+    data_opts = {}
+    if in_channels is not None and "in_channels" not in opts:
+        data_opts["in_channels"] = in_channels
+    if image_size is not None and "image_size" not in opts:
+        data_opts["image_size"] = image_size
+    while True:
+        try:
+            model = create(name, op=op, num_classes=num_classes, **opts, **data_opts)
+            opts.update(data_opts)
+            return model, opts
+        except (TypeError, ValueError) as exc:
+            msg = str(exc)
+            dropped = [k for k in data_opts if k in msg]
+            if dropped:  # this architecture does not take that data-derived option
+                for k in dropped:
+                    data_opts.pop(k)
+                continue
+            raise UserError(f"cannot build model {name!r} with op {op!r}: {msg}") from None
+
+
+def shift_sign_parameters(model: nn.Module) -> List[nn.Parameter]:
+    """The ``shift`` and ``sign`` parameters of every DeepShift-PS layer (incl. inside shift-add layers)."""
+    from shiftadd.nn import SHIFT_TYPES
+
+    out = []
+    for m in model.modules():
+        if isinstance(m, SHIFT_TYPES) and getattr(m, "mode", None) == "ps":
+            out += [p for p in (getattr(m, "shift", None), getattr(m, "sign", None)) if isinstance(p, nn.Parameter)]
+    return out
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The recipe's optimizer; with ``shift_param_groups`` (or a ``shift_lr``) the DeepShift-PS shift/sign
+    parameters form a second group without weight decay (and with ``shift_lr`` if set)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups: List[Dict[str, Any]]
+    if config.shift_param_groups or config.shift_lr is not None:
+        special = {id(p) for p in shift_sign_parameters(model) if p.requires_grad}
+        rest = [p for p in params if id(p) not in special]
+        shift = [p for p in params if id(p) in special]
+        groups = [{"params": rest, "weight_decay": config.weight_decay, "base_lr": config.lr}]
+        if shift:
+            lr = config.shift_lr or config.lr
+            groups.append({"params": shift, "weight_decay": 0.0, "base_lr": lr, "lr": lr})
+    else:
+        groups = [{"params": params, "weight_decay": config.weight_decay, "base_lr": config.lr}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    return torch.optim.RAdam(groups, lr=config.lr)
+
+
+def milestone_epoch(fraction: float, epochs: int) -> int:
+    """0-based epoch at which a step-schedule milestone (a fraction of ``epochs``) takes effect (>= 1)."""
+    return max(1, int(math.floor(fraction * epochs + 0.5)))
+
+
+def lr_factor(config: TrainConfig, epoch: int) -> float:
+    """Learning-rate multiplier of (0-based) ``epoch``: warmup, then cosine/step/constant."""
+    if config.warmup_epochs and epoch < config.warmup_epochs:
+        return (epoch + 1) / (config.warmup_epochs + 1)
+    if config.schedule == "cosine":  # AdderNet: lr = lr0/2 * (1 + cos(pi * epoch / epochs))
+        e, total = epoch - config.warmup_epochs, max(config.epochs - config.warmup_epochs, 1)
+        return 0.5 * (1 + math.cos(math.pi * e / total))
+    if config.schedule == "step":  # ShiftAddNet: x0.1 at 50% and 75% of training (80, 120 of 160)
+        passed = sum(1 for m in config.milestones if epoch >= milestone_epoch(m, config.epochs))
+        return config.gamma ** passed
+    return 1.0
