@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from shiftadd.energy import LayerCall, LayerOps, cost_rule, count_ops, evaluate, load_table, profile, register_cost_rule
+from shiftadd.energy import (
+    LayerCall, LayerOps, cost_rule, count_ops, evaluate, function_rule, load_table, profile, register_cost_rule,
+)
 from shiftadd.energy import rules
 from shiftadd.errors import UserError
 
@@ -170,7 +172,7 @@ def test_function_rule_prices_a_new_function():
     model = nn.Sequential(Lead(), ChannelScale(3))
     assert "tanh (x1)" in count_ops(model, SHAPE, optimizer=None).uncounted
 
-    @rules.function_rule("tanh")
+    @function_rule("tanh")
     def _tanh(call):
         rec = call.record("activation")
         rules.count_activation(rec, 2, 1, call.numel, call.grad)
