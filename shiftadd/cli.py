@@ -2,12 +2,15 @@
 
 Each area of the library contributes its own sub-commands through a module that
 defines ``register(subparsers)``; this file only wires them together and turns
-user errors into one line on stderr with exit code 2.
+user errors into one line on stderr with exit code 2. Output piped into a program that
+stops reading (``shiftadd models | head -1``) ends quietly with exit code 141, as Unix tools
+killed by SIGPIPE do.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
 
@@ -44,18 +47,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+#: Exit code when stdout is a pipe whose reader has gone: 128 + SIGPIPE, what the shell reports
+#: for a Unix tool stopped by the signal (e.g. ``seq 100000 | head -1`` under ``set -o pipefail``).
+BROKEN_PIPE_EXIT = 141
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at interpreter exit cannot fail on the closed pipe."""
     try:
-        result = args.func(args)
-    except UserError as exc:
-        print(f"shiftadd {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by an object without a file descriptor
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _flushed_stdout() -> bool:
+    """Flush stdout now (a reader that went away shows here, not at interpreter exit); False if it
+    has gone, stdout then discarded."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        return False
+    return True
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        try:
+            result = args.func(args)
+        except UserError as exc:
+            print(f"shiftadd {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+    except BrokenPipeError:
+        _discard_stdout()
+        return BROKEN_PIPE_EXIT
+    except SystemExit:  # argparse's --help, --version and usage errors
+        if not _flushed_stdout():
+            raise SystemExit(BROKEN_PIPE_EXIT) from None
+        raise
     except KeyboardInterrupt:
         print("shiftadd: interrupted", file=sys.stderr)
         return 130
-    return int(result or 0)
+    return int(result or 0) if _flushed_stdout() else BROKEN_PIPE_EXIT
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ def _show_table(platform: str, as_json: bool) -> int:
 def run(args: argparse.Namespace) -> int:
     """Handler of ``shiftadd energy``."""
     from shiftadd.energy.costs import load_table
-    from shiftadd.energy.counting import OPTIMIZER_OPS, count_ops
+    from shiftadd.energy import OPTIMIZER_OPS, count_ops
     from shiftadd.energy.profile import evaluate, format_energy
     from shiftadd.nn.families import family_names
 

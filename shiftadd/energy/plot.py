@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from shiftadd.energy.costs import OPS
-from shiftadd.energy.counting import WEIGHT_KINDS
+from shiftadd.energy.records import WEIGHT_KINDS
 from shiftadd.energy.profile import EnergyProfile
 
 _COLORS = {"mult": "#d62728", "add": "#1f77b4", "shift": "#2ca02c", "abs": "#9467bd", "cmp": "#ff7f0e",

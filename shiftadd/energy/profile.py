@@ -26,7 +26,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch.nn as nn
 
 from shiftadd.energy.costs import OPS, EnergyTable, load_table
-from shiftadd.energy.counting import MEMORY_OPS, LayerOps, OpCounts, count_ops
+from shiftadd.energy.recorder import count_ops
+from shiftadd.energy.records import MEMORY_OPS, LayerOps, OpCounts
 from shiftadd.errors import UserError
 
 MEMORY_LEVELS = ("rf", "sram", "dram")

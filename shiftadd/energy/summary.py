@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from shiftadd.energy.counting import OpCounts, count_ops
+from shiftadd.energy.recorder import count_ops
+from shiftadd.energy.records import OpCounts
 from shiftadd.energy.profile import EnergyProfile, evaluate, format_energy
 
 CONFIGS: Tuple[Tuple[str, str], ...] = (("asic45nm", "fp32"), ("asic45nm", "fix32"), ("asic45nm", "fix8"),
