@@ -313,7 +313,7 @@ def test_energy_uses_the_declared_input_shape(scratch_models):
 
 def test_a_run_saved_under_an_old_model_name_loads(tmp_path, capsys):
     from shiftadd.cli import main
-    from shiftadd.train.loop import load_trained_model
+    from shiftadd.train import load_trained_model
 
     out = tmp_path / "run"
     args = ["train", "--dataset", "embedded", "--subset", "20", "--test-subset", "20", "--epochs", "1",

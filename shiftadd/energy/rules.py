@@ -319,13 +319,15 @@ def _adder(rec: LayerOps, call: LayerCall) -> None:
 
 
 def effective_shift_weight(m: nn.Module) -> torch.Tensor:
-    """A bit-shift layer's weight as its forward pass uses it (the pruning mask applied)."""
+    """A bit-shift layer's weight as its forward pass uses it: deterministically rounded (a stochastic
+    layer in training mode would otherwise give a random count), the pruning mask applied."""
     from shiftadd.prune import get_mask
 
-    with torch.no_grad():
-        w = m.weight.detach()
     mask = get_mask(m)
-    return w if mask is None else w.masked_fill(~mask.to(w.device), 0)
+    if mask is not None:
+        mask = mask.to(next(m.parameters()).device)
+    with torch.no_grad():
+        return m.effective_weight(stochastic=False, mask=mask).detach()
 
 
 @cost_rule(*SHIFT_TYPES, kind="shift")

@@ -39,31 +39,22 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 def build_model(name: str, op: str, num_classes: int, options: Dict[str, Any], in_channels: Optional[int] = None,
                 image_size: Optional[int] = None) -> Tuple[nn.Module, Dict[str, Any]]:
-    """Create a zoo model; ``in_channels``/``image_size`` are passed to models that take them.
+    """Create a zoo model; ``in_channels``/``image_size`` go to the architectures whose builder takes them
+    (read from the model registry's metadata, so the model is built exactly once).
 
     Returns the model and the exact options used (saved in checkpoints to rebuild it).
     """
-    from shiftadd.models import create
+    from shiftadd.models import create, data_options
 
     opts = dict(options)
-    data_opts = {}
-    if in_channels is not None and "in_channels" not in opts:
-        data_opts["in_channels"] = in_channels
-    if image_size is not None and "image_size" not in opts:
-        data_opts["image_size"] = image_size
-    while True:
-        try:
-            model = create(name, op=op, num_classes=num_classes, **opts, **data_opts)
-            opts.update(data_opts)
-            return model, opts
-        except (TypeError, ValueError) as exc:
-            msg = str(exc)
-            dropped = [k for k in data_opts if k in msg]
-            if dropped:  # this architecture does not take that data-derived option
-                for k in dropped:
-                    data_opts.pop(k)
-                continue
-            raise UserError(f"cannot build model {name!r} with op {op!r}: {msg}") from None
+    try:
+        data = data_options(name, None if "in_channels" in opts else in_channels,
+                            None if "image_size" in opts else image_size)
+        model = create(name, op=op, num_classes=num_classes, **opts, **data)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"cannot build model {name!r} with op {op!r}: {exc}") from None
+    opts.update(data)
+    return model, opts
 
 
 def shift_sign_parameters(model: nn.Module) -> List[nn.Parameter]:
