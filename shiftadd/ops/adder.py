@@ -118,7 +118,7 @@ def registered_backends() -> Dict[str, AdderBackend]:
 FAST_BACKENDS = {"cpu": "cpu", "cuda": "triton"}
 _MISSING_FIX = {
     "cpu": "the C++ kernels package did not import; `import shiftadd.kernels` shows the error",
-    "cuda": "install Triton (pip install 'shiftadd[triton]')",
+    "triton": "install Triton (pip install 'shiftadd[triton]')",
 }
 _FALLBACKS: "Counter[str]" = Counter()
 
