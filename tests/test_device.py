@@ -25,6 +25,7 @@ from shiftadd.ops.adder import AdderFallbackWarning, adder_conv2d, adder_linear
 from shiftadd.train.checkpoint import load_checkpoint, save_checkpoint
 
 META = torch.device("meta")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 # (constructor, input shape, output shape)
 LAYERS = [
@@ -150,6 +151,26 @@ def test_checkpoint_loads_onto_the_requested_device(tmp_path):
         assert torch.equal(fresh.state_dict()[k], v), k
 
 
+@needs_cuda
+def test_cuda_checkpoint_loads_on_cpu_and_back(tmp_path):
+    model = _compressed_model()
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    want = model(x)
+    gpu = model.to("cuda")
+    torch.testing.assert_close(gpu(x.cuda()).cpu(), want, rtol=1e-4, atol=1e-3)  # masks, quantisers moved
+    save_checkpoint(str(tmp_path), gpu, None, {"epoch": 0})
+    for where in ("cpu", "cuda"):
+        ck = load_checkpoint(str(tmp_path), map_location=where)
+        assert all(v.device.type == where for v in ck.model_state.values())
+        fresh = create("resnet8", op="shiftadd")
+        P.restore_masks(fresh, ck.model_state)
+        Q.quantize_model(fresh, {"adder": "fix16", "shift": "fix8"})
+        fresh.load_state_dict(ck.model_state)
+        fresh.eval()
+        torch.testing.assert_close(fresh(x), want, rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("where,match", [("bogus", "not a device name"), ("cuda:0", "CUDA is not available")])
 def test_checkpoint_bad_device_is_a_user_error(tmp_path, where, match):
     if where.startswith("cuda") and torch.cuda.is_available():
@@ -160,14 +181,16 @@ def test_checkpoint_bad_device_is_a_user_error(tmp_path, where, match):
 
 
 # --------------------------------------------------------------------------- autocast
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_adder_under_autocast_computes_in_float32(dtype):
+def test_adder_under_autocast_computes_in_float32(dtype, device):
     torch.manual_seed(0)
-    conv, adder = nn.Conv2d(3, 8, 3, padding=1), AdderConv2d(8, 6, 3, padding=1)
-    x = torch.randn(2, 3, 8, 8)
+    conv, adder = nn.Conv2d(3, 8, 3, padding=1).to(device), AdderConv2d(8, 6, 3, padding=1).to(device)
+    x = torch.randn(2, 3, 8, 8, device=device)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", AdderFallbackWarning)  # the float32 kernel is used, no fallback
-        with torch.autocast("cpu", dtype=dtype):
+        if device == "cpu":  # the float32 C++ kernel is used, no fallback
+            warnings.simplefilter("error", AdderFallbackWarning)
+        with torch.autocast(device, dtype=dtype):
             h = conv(x)
             assert h.dtype == dtype
             h.retain_grad()
@@ -180,8 +203,8 @@ def test_adder_under_autocast_computes_in_float32(dtype):
     w32 = adder.weight.detach().clone().requires_grad_(True)
     ref = adder_conv2d(h32, w32, None, 1, 1)
     ref.backward(g)
-    torch.testing.assert_close(y, ref)
-    torch.testing.assert_close(adder.weight.grad, w32.grad)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(adder.weight.grad, w32.grad, rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(h.grad.float(), h32.grad, rtol=1e-2, atol=1e-2)  # rounded back to ``dtype``
 
 
@@ -216,6 +239,13 @@ def test_unsupported_dtype_warns_once_and_is_reported():
     report = shiftadd.backends()["fallbacks"]
     assert report == {msg: 3}
     assert msg in shiftadd.kernels.backends_report()
+
+
+@needs_cuda
+def test_cuda_float64_warns_once():
+    x, w = torch.randn(4, 5, device="cuda", dtype=torch.float64), torch.randn(3, 5, device="cuda", dtype=torch.float64)
+    got = _fallback_warnings(lambda: adder_linear(x, w))
+    assert len(got) == 1 and "cuda float64" in str(got[0].message)
 
 
 def test_float32_cpu_tensors_do_not_fall_back():

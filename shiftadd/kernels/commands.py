@@ -20,6 +20,8 @@ def register(subparsers) -> None:
                    help="layer shapes: ResNet-20, AdderNet VGG-small, both, or a tiny smoke test (default: resnet20)")
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda or cuda:N: time there, against nn.Conv2d (cuDNN on CUDA)")
     p.add_argument("--repeats", type=int, default=5,
                    help="timed runs per number; median and minimum are reported (default 5)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
@@ -38,7 +40,7 @@ def register(subparsers) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from shiftadd.kernels import backends_report
-    from shiftadd.kernels.bench import run
+    from shiftadd.kernels.bench import run, use_device
 
     if args.backends:
         print(backends_report())
@@ -46,8 +48,12 @@ def _run(args: argparse.Namespace) -> int:
     for name in ("batch", "threads", "repeats"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    try:
+        use_device(args.device)
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(f"--device: {exc}") from None
     run(shapes=args.shapes, batch=args.batch, threads=args.threads, repeats=args.repeats,
         backward=not args.forward_only, reference=not args.no_reference, int8=not args.no_int8,
         network=args.network, json_path=args.json, markdown=args.markdown, all_methods=args.all_methods,
-        clock=args.clock)
+        clock=args.clock, device=args.device)
     return 0
