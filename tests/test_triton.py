@@ -62,7 +62,7 @@ def _rand(*shape, dtype=torch.float32, generator=None):
 
 
 # (G, P, O, K): single element, tails of every tile, several tiles per axis, several groups
-PRIMITIVE_SHAPES = [(1, 1, 1, 1), (1, 37, 5, 19), (3, 70, 33, 9), (2, 5, 40, 41)]
+PRIMITIVE_SHAPES = [(1, 1, 1, 1), (1, 37, 5, 19), (3, 70, 33, 9), (2, 5, 40, 41), (2, 3, 1, 70), (1, 150, 16, 12)]
 
 
 @pytest.mark.parametrize("shape", PRIMITIVE_SHAPES, ids=lambda s: "x".join(map(str, s)))

@@ -2,8 +2,8 @@
 
 :mod:`shiftadd.kernels` registers it when CUDA is available (or ``TRITON_INTERPRET=1`` is set) and
 Triton is importable; importing it without Triton raises ImportError ("backend not available").
-Tiles of BLOCK_A x BLOCK_B outputs accumulate over the third axis in registers (never the
-P x O x K difference tensor):
+Tiles of up to 1024 outputs (:func:`tile_shape`) accumulate over the third axis in registers, 8 values
+at a time (never the P x O x K difference tensor):
 
   forward      Y[g,p,o]  = -sum_k |X[g,p,k] - W[g,o,k]|                        (AdderNet Eq. 2)
   grad_input   dX[g,p,k] = sum_o f(W[g,o,k] - X[g,p,k]) dY[g,p,o],  f = HardTanh or sign  (Eq. 6)
@@ -20,6 +20,7 @@ is only *auto-selected* for CUDA tensors; on CPU it runs when asked for by name
 from __future__ import annotations
 
 import os
+from typing import Tuple
 
 import torch
 import triton  # noqa: F401  (ImportError here = backend unavailable)
@@ -28,8 +29,23 @@ import triton.language as tl
 # the interpreter decides at decoration time, so this is fixed when the module is imported
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-# tile sizes (outputs per program x reduction step); 32 x 32 x 8 = 8192 live values per step
-TILE, STEP = 32, 8
+# Tiles: up to TILE outputs per program (powers of two), no axis longer than it needs (ResNet-20's
+# 16 channels would leave half of a 32-wide tile idle); STEP values of the reduced axis per
+# iteration: at most TILE x STEP = 8192 live float32 values per program and step.
+TILE, STEP, MAX_SIDE = 1024, 8, 32
+
+
+def tile_shape(rows: int, cols: int, tile: int = TILE, max_side: int = MAX_SIDE) -> Tuple[int, int]:
+    """Power-of-two block sizes (rows, cols) for a rows x cols output: the shorter axis gets at most
+    ``max_side``, the other the rest of ``tile``; neither is longer than its axis needs."""
+    def fit(n: int) -> int:
+        return triton.next_power_of_2(max(1, n))
+
+    if rows <= cols:
+        br = min(max_side, fit(rows))
+        return br, min(tile // br, fit(cols))
+    bc = min(max_side, fit(cols))
+    return min(tile // bc, fit(rows)), bc
 
 
 @triton.jit
@@ -123,8 +139,9 @@ class TritonBackend:
         O = W.shape[1]
         Y = torch.zeros((G, P, O), device=X.device, dtype=torch.float32)
         if Y.numel():
-            grid = (triton.cdiv(P, TILE), triton.cdiv(O, TILE), G)
-            _fwd_kernel[grid](_f32(X), _f32(W), Y, P, O, K, BLOCK_P=TILE, BLOCK_O=TILE, BLOCK_K=STEP)
+            bp, bo = tile_shape(P, O)
+            grid = (triton.cdiv(P, bp), triton.cdiv(O, bo), G)
+            _fwd_kernel[grid](_f32(X), _f32(W), Y, P, O, K, BLOCK_P=bp, BLOCK_O=bo, BLOCK_K=STEP)
         return Y.to(X.dtype)
 
     def grad_input(self, X: torch.Tensor, W: torch.Tensor, dY: torch.Tensor, mode: str) -> torch.Tensor:
@@ -133,9 +150,10 @@ class TritonBackend:
         O = W.shape[1]
         dX = torch.zeros((G, P, K), device=X.device, dtype=torch.float32)
         if dX.numel():
-            grid = (triton.cdiv(P, TILE), triton.cdiv(K, TILE), G)
-            _gin_kernel[grid](_f32(X), _f32(W), _f32(dY), dX, P, O, K, SIGN=(mode == "sign"), BLOCK_P=TILE,
-                              BLOCK_K=TILE, BLOCK_O=STEP)
+            bp, bk = tile_shape(P, K)
+            grid = (triton.cdiv(P, bp), triton.cdiv(K, bk), G)
+            _gin_kernel[grid](_f32(X), _f32(W), _f32(dY), dX, P, O, K, SIGN=(mode == "sign"), BLOCK_P=bp,
+                              BLOCK_K=bk, BLOCK_O=STEP)
         return dX.to(X.dtype)
 
     def grad_weight(self, X: torch.Tensor, W: torch.Tensor, dY: torch.Tensor, mode: str) -> torch.Tensor:
@@ -147,8 +165,9 @@ class TritonBackend:
         O = W.shape[1]
         dW = torch.zeros((G, O, K), device=X.device, dtype=torch.float32)
         if dW.numel():
-            grid = (triton.cdiv(O, TILE), triton.cdiv(K, TILE), G)
-            _gws_kernel[grid](_f32(X), _f32(W), _f32(dY), dW, P, O, K, BLOCK_O=TILE, BLOCK_K=TILE, BLOCK_P=STEP)
+            bo, bk = tile_shape(O, K)
+            grid = (triton.cdiv(O, bo), triton.cdiv(K, bk), G)
+            _gws_kernel[grid](_f32(X), _f32(W), _f32(dY), dW, P, O, K, BLOCK_O=bo, BLOCK_K=bk, BLOCK_P=STEP)
         return dW.to(W.dtype)
 
 
