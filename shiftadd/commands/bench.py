@@ -28,6 +28,8 @@ def register(subparsers) -> None:
                    help="layer shapes: ResNet-20, AdderNet VGG-small, both, or a tiny smoke test (default: resnet20)")
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda or cuda:N: time there, against nn.Conv2d (cuDNN on CUDA)")
     p.add_argument("--repeats", type=int, default=5,
                    help="timed runs per number; median and minimum are reported (default 5)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
@@ -46,7 +48,7 @@ def register(subparsers) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from shiftadd.kernels import backends_report
-    from shiftadd.kernels.bench import run
+    from shiftadd.kernels.bench import run, use_device
 
     if args.backends:
         print(backends_report())
@@ -54,16 +56,20 @@ def _run(args: argparse.Namespace) -> int:
     for name in ("batch", "threads", "repeats"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    network = functools.partial(_network_rows, batch=args.batch) if args.network else None
+    try:
+        use_device(args.device)
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(f"--device: {exc}") from None
+    network = functools.partial(_network_rows, batch=args.batch, device=args.device) if args.network else None
     run(shapes=args.shapes, batch=args.batch, threads=args.threads, repeats=args.repeats,
         backward=not args.forward_only, reference=not args.no_reference, int8=not args.no_int8,
         network=network, json_path=args.json, markdown=args.markdown, all_methods=args.all_methods,
-        clock=args.clock)
+        clock=args.clock, device=args.device)
     return 0
 
 
-def _network_rows(log: Callable[[str], None], batch: int) -> List[Dict[str, object]]:
-    return bench_network("resnet20", batch=batch, log=log)
+def _network_rows(log: Callable[[str], None], batch: int, device: str = "cpu") -> List[Dict[str, object]]:
+    return bench_network("resnet20", batch=batch, log=log, device=device)
 
 
 def _fused_adder_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, grad_mode="full"):
@@ -75,31 +81,33 @@ def _fused_adder_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, g
 
 
 def bench_network(model_name: str = "resnet20", variants: Sequence[str] = ("conv", "adder", "adder-fused"),
-                  batch: int = 64, steps: int = 5, log: Callable[[str], None] = print) -> List[Dict[str, object]]:
+                  batch: int = 64, steps: int = 5, log: Callable[[str], None] = print,
+                  device: str = "cpu") -> List[Dict[str, object]]:
     """Training throughput (images/s) of shiftadd.models.create(model_name, op=...) on random data.
 
     ``adder`` runs the adder layers as shipped (shiftadd.ops.adder.adder_conv2d with its automatically
     selected backend); ``adder-fused`` routes AdderConv1d/2d through the fused C++ convolution for the
-    duration of the measurement (shiftadd.nn.adder.adder_conv2d is patched in this process only).
+    duration of the measurement (shiftadd.nn.adder.adder_conv2d is patched in this process only; CPU only).
+    Any other variant is an ``op`` of :func:`shiftadd.models.create` (``shift-ps``, ``shiftadd``, ...).
     """
-    try:
-        from shiftadd.models import create
-    except ImportError as exc:  # models package missing
-        log(f"network benchmark skipped: {exc}")
-        return []
     import shiftadd.nn.adder as nn_adder
-    from shiftadd.kernels.bench import timings_ms
+    from shiftadd.kernels.bench import timings_ms, use_device
+    from shiftadd.models import create
     from shiftadd.ops.adder import select_backend
 
+    dev = use_device(device)
     out = []
     for variant in variants:
+        if variant == "adder-fused" and dev.type != "cpu":
+            log(f"  {model_name:<10} {variant:<12} skipped: the fused C++ convolution is CPU only")
+            continue
         op = "adder" if variant.startswith("adder") else variant
         torch.manual_seed(0)
-        model = create(model_name, op=op)
+        model = create(model_name, op=op).to(dev)
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        x = torch.randn(batch, 3, 32, 32)
-        y = torch.randint(0, 10, (batch,))
+        x = torch.randn(batch, 3, 32, 32, device=dev)
+        y = torch.randint(0, 10, (batch,), device=dev)
 
         def step():
             opt.zero_grad(set_to_none=True)
@@ -113,8 +121,11 @@ def bench_network(model_name: str = "resnet20", variants: Sequence[str] = ("conv
             med, best = timings_ms(step, steps)
         finally:
             nn_adder.adder_conv2d = original
-        backend = {"conv": "-", "adder-fused": "cpu fused conv"}.get(variant, select_backend(x).name + " (unfold + mm)")
-        entry = {"model": model_name, "variant": variant, "batch": batch, "step_ms": med, "step_ms_min": best,
+        has_adder = any(isinstance(m, nn_adder.ADDER_TYPES) for m in model.modules())
+        backend = ("cpu fused conv" if variant == "adder-fused" else
+                   select_backend(x, record=False).name + " (unfold + mm)" if has_adder else "-")
+        entry = {"model": model_name, "variant": variant, "device": str(dev), "batch": batch, "step_ms": med,
+                 "step_ms_min": best,
                  "images_per_s": batch / med * 1e3, "images_per_s_best": batch / best * 1e3, "adder_backend": backend}
         out.append(entry)
         log(f"  {model_name:<10} {variant:<12} step median {med:8.1f} ms ({entry['images_per_s']:6.1f} img/s), "

@@ -5,6 +5,10 @@ Used by ``shiftadd bench`` and ``benchmarks/bench_adder.py``. Every number is th
 memory is the rise of the process's peak resident set size during one run (Linux: reset with
 ``/proc/self/clear_refs``, read ``VmHWM`` from ``/proc/self/status``); it sees every allocation
 (PyTorch's CPU allocator returns large blocks to the OS), unlike tracemalloc.
+
+``device="cuda"`` times on the GPU instead (each run ends with ``torch.cuda.synchronize``; peak
+memory is the rise of ``torch.cuda.max_memory_allocated``) against ``nn.Conv2d`` (cuDNN); the
+CPU-only methods (C++ kernels, int8) are left out there.
 """
 from __future__ import annotations
 
@@ -45,6 +49,24 @@ SHAPE_SETS = {"resnet20": RESNET20_SHAPES, "vgg": VGG_SMALL_SHAPES, "quick": QUI
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 _clock = time.perf_counter
+_device = torch.device("cpu")
+
+
+def _sync() -> None:
+    if _device.type == "cuda":
+        torch.cuda.synchronize(_device)
+
+
+def use_device(device: str) -> torch.device:
+    """Check ``device`` ("cpu", "cuda", "cuda:N") and time on it from now on (synchronising on CUDA)."""
+    global _device
+    dev = torch.device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
+    _device = dev
+    return dev
 
 
 def timings_ms(fn: Callable[[], object], repeats: int) -> Tuple[float, float]:
@@ -55,10 +77,12 @@ def timings_ms(fn: Callable[[], object], repeats: int) -> Tuple[float, float]:
     count the time the process waits for a core).
     """
     fn()
+    _sync()
     times = []
     for _ in range(max(1, repeats)):
         t = _clock()
         fn()
+        _sync()
         times.append((_clock() - t) * 1e3)
     return statistics.median(times), min(times)
 
@@ -75,7 +99,14 @@ def _status_bytes(key: str) -> Optional[int]:
 
 
 def peak_extra_mib(fn: Callable[[], object]) -> Optional[float]:
-    """Peak resident memory added while running ``fn`` (MiB), or None where unsupported."""
+    """Peak resident memory (GPU memory on CUDA) added while running ``fn`` (MiB), or None where unsupported."""
+    if _device.type == "cuda":
+        _sync()
+        torch.cuda.reset_peak_memory_stats(_device)
+        base = torch.cuda.memory_allocated(_device)
+        fn()
+        _sync()
+        return max(0.0, (torch.cuda.max_memory_allocated(_device) - base) / 2 ** 20)
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS
@@ -123,8 +154,8 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _methods(include_reference: bool, include_int8: bool):
-    """name -> (forward factory, has backward)."""
+def _methods(include_reference: bool, include_int8: bool, device: torch.device = torch.device("cpu")):
+    """name -> (forward factory, has backward); the C++ (CPU-only) methods only for ``device`` cpu."""
     from shiftadd.kernels.cpu_backend import cpu_backend, unfold_conv2d
     from shiftadd.ops.adder import adder_conv2d
 
@@ -142,9 +173,13 @@ def _methods(include_reference: bool, include_int8: bool):
             return unfold_conv2d(x, w, s, 1, 1, 1, "full", backend)
         return run
 
-    methods = [("conv2d (oneDNN)", conv, True), ("adder cpu fused", fused, True),
-               ("adder layer (auto)", layer, True), ("adder unfold+cpu mm", unfold_with("cpu"), True),
-               ("adder unfold+cdist", unfold_with("cdist"), False)]
+    if device.type == "cpu":
+        methods = [("conv2d (oneDNN)", conv, True), ("adder cpu fused", fused, True),
+                   ("adder layer (auto)", layer, True), ("adder unfold+cpu mm", unfold_with("cpu"), True),
+                   ("adder unfold+cdist", unfold_with("cdist"), False)]
+    else:
+        methods = [("conv2d (cuDNN)" if device.type == "cuda" else "conv2d", conv, True),
+                   ("adder layer (auto)", layer, True), ("adder unfold+cdist", unfold_with("cdist"), False)]
     if include_reference:
         methods.append(("adder reference", unfold_with("reference"), True))
     return methods
@@ -166,19 +201,21 @@ def _ratios(row: Row, conv: Optional[Row]) -> None:
 def bench_shapes(shapes: Sequence[Tuple[str, int, int, int, int]], batch: int = 64, repeats: int = 5,
                  backward: bool = True, include_reference: bool = True, include_int8: bool = True,
                  reference_repeats: int = 3, all_methods: bool = False,
-                 log: Callable[[str], None] = print) -> List[Row]:
+                 log: Callable[[str], None] = print, device: str = "cpu") -> List[Row]:
     """Time every method on every shape; ratios are relative to conv2d in the same run."""
     from shiftadd.kernels.integer import int_adder_conv2d
 
+    dev = use_device(device)
+    include_int8 = include_int8 and dev.type == "cpu"  # the int8 kernels are CPU kernels
     rows: List[Row] = []
     g = torch.Generator().manual_seed(0)
     for name, cin, cout, size, stride in shapes:
-        x = torch.randn(batch, cin, size, size, generator=g)
-        w = torch.randn(cout, cin, 3, 3, generator=g) * 0.1
+        x = torch.randn(batch, cin, size, size, generator=g).to(dev)
+        w = (torch.randn(cout, cin, 3, 3, generator=g) * 0.1).to(dev)
         conv = None
         ho = (size - 1) // stride + 1
         heavy = batch * ho * ho * cin * 9 * cout > HEAVY_TERMS and not all_methods
-        for method, fn, has_bwd in _methods(include_reference, include_int8):
+        for method, fn, has_bwd in _methods(include_reference, include_int8, dev):
             if heavy and "unfold" in method or heavy and method == "adder reference":
                 continue
             reps = reference_repeats if method == "adder reference" else repeats
@@ -247,7 +284,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def environment(threads: int) -> Dict[str, object]:
+def environment(threads: int, device: str = "cpu") -> Dict[str, object]:
     from shiftadd.kernels import backends
 
     info = backends()
@@ -257,7 +294,9 @@ def environment(threads: int) -> Dict[str, object]:
         load = None
     return {"cpu": _cpu_model(), "logical_cpus": os.cpu_count(), "threads": threads, "torch": torch.__version__,
             "python": platform.python_version(), "in_use": info["in_use"], "load_average": load,
-            "cpu_backend": info["backends"].get("cpu", {}).get("detail", "")}
+            "cpu_backend": info["backends"].get("cpu", {}).get("detail", ""), "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else None,
+            "triton_backend": info["backends"].get("triton", {}).get("detail", "not registered")}
 
 
 NetworkBench = Callable[[Callable[[str], None]], List[Dict[str, object]]]
@@ -266,8 +305,8 @@ NetworkBench = Callable[[Callable[[str], None]], List[Dict[str, object]]]
 def run(shapes: str = "resnet20", batch: int = 64, threads: int = 2, repeats: int = 5, backward: bool = True,
         reference: bool = True, int8: bool = True, network: Optional[NetworkBench] = None,
         json_path: Optional[str] = None, markdown: bool = False, all_methods: bool = False,
-        clock: str = "wall", log: Callable[[str], None] = print) -> Report:
-    """The whole benchmark; returns the report (and writes JSON if asked).
+        clock: str = "wall", log: Callable[[str], None] = print, device: str = "cpu") -> Report:
+    """The whole benchmark on ``device`` ("cpu", "cuda", "cuda:N"); returns the report (and writes JSON if asked).
 
     ``network(log)``, if given, times whole networks (``shiftadd bench --network`` passes a ResNet-20
     training step); its rows go to ``report.network``.
@@ -277,18 +316,21 @@ def run(shapes: str = "resnet20", batch: int = 64, threads: int = 2, repeats: in
         raise ValueError(f"unknown shape set {shapes!r}; choose one of: {', '.join(SHAPE_SETS)}")
     if clock not in CLOCKS:
         raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+    dev = use_device(device)
     _clock = CLOCKS[clock]
     torch.set_num_threads(threads)
-    report = Report(env=environment(threads))
+    report = Report(env=environment(threads, device))
     report.env["clock"] = clock
     load = report.env["load_average"]
     log(f"CPU: {report.env['cpu']} ({report.env['logical_cpus']} logical CPUs), threads={threads}, "
         f"batch={batch}, torch {torch.__version__}, {repeats} timed runs after a warm-up, {clock} clock; load average "
         f"{'n/a' if load is None else ' '.join(f'{v:.2f}' for v in load)}")
     log(f"adder backend for CPU float32: {report.env['in_use']}; {report.env['cpu_backend']}")
+    if dev.type == "cuda":
+        log(f"device {dev}: {report.env['gpu']}; triton backend: {report.env['triton_backend']}")
     log(HEADER)
     report.rows = bench_shapes(SHAPE_SETS[shapes], batch, repeats, backward, reference, int8,
-                               all_methods=all_methods, log=log)
+                               all_methods=all_methods, log=log, device=device)
     if network is not None:
         log("whole-network training step (SGD, random data):")
         report.network = network(log)

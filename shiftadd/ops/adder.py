@@ -19,6 +19,8 @@ tensor never exists whole.
 from __future__ import annotations
 
 import os
+import warnings
+from collections import Counter
 from typing import Dict, Optional, Protocol, Tuple
 
 import torch
@@ -113,8 +115,58 @@ def registered_backends() -> Dict[str, AdderBackend]:
     return {n: b for n, (_, b) in sorted(_BACKENDS.items(), key=lambda kv: -kv[1][0])}
 
 
-def select_backend(x: torch.Tensor) -> AdderBackend:
-    """The backend used for tensors like ``x`` ($SHIFTADD_BACKEND forces one by name)."""
+# The backend that is fast for tensors of each device type; choosing any other one for such a
+# tensor is a fallback: warned about once per reason and counted (see :func:`fallbacks`).
+FAST_BACKENDS = {"cpu": "cpu", "cuda": "triton"}
+_MISSING_FIX = {
+    "cpu": "the C++ kernels package did not import; `import shiftadd.kernels` shows the error",
+    "triton": "install Triton (pip install 'shiftadd[triton]')",
+}
+_FALLBACKS: "Counter[str]" = Counter()
+
+
+class AdderFallbackWarning(RuntimeWarning):
+    """An adder call runs on a backend much slower than its device's fast kernel."""
+
+
+def _fallback_reason(x: torch.Tensor, chosen: AdderBackend) -> Optional[str]:
+    """Why ``chosen`` is not the fast backend of ``x``'s device, or None if it is (or there is none)."""
+    fast_name = FAST_BACKENDS.get(x.device.type)
+    if fast_name is None or chosen.name == fast_name:
+        return None
+    dtype = str(x.dtype).replace("torch.", "")
+    if fast_name not in _BACKENDS:
+        why, fix = f"no '{fast_name}' backend is registered", _MISSING_FIX[fast_name]
+    else:
+        fast = _BACKENDS[fast_name][1]
+        if not fast.available():
+            detail = fast.detail() if hasattr(fast, "detail") else ""
+            why = f"the '{fast_name}' backend is unavailable" + (f" ({detail})" if detail else "")
+            fix = "see shiftadd.backends() / `shiftadd backends`"
+        elif x.layout != torch.strided:
+            why, fix = f"the '{fast_name}' kernel does not take {x.layout} tensors", "pass a dense tensor (x.to_dense())"
+        else:
+            why = f"the '{fast_name}' kernel does not take {dtype} tensors"
+            fix = "use float32 (model.float(), x.float()) or torch.autocast, under which adder layers run in float32"
+    return f"adder on {x.device.type} {dtype} tensors: {why}; using the much slower '{chosen.name}' backend. Fix: {fix}"
+
+
+def fallbacks() -> Dict[str, int]:
+    """Fallbacks from a device's fast adder kernel in this process: reason -> number of calls."""
+    return dict(_FALLBACKS)
+
+
+def clear_fallbacks() -> None:
+    """Forget the recorded fallbacks (each reason then warns again the next time it happens)."""
+    _FALLBACKS.clear()
+
+
+def select_backend(x: torch.Tensor, record: bool = True) -> AdderBackend:
+    """The backend used for tensors like ``x`` ($SHIFTADD_BACKEND forces one by name).
+
+    If it is not the fast backend of ``x``'s device (:data:`FAST_BACKENDS`), the reason is counted
+    and, the first time, warned about (:class:`AdderFallbackWarning`); ``record=False`` only looks.
+    """
     _load_kernels()
     forced = os.environ.get("SHIFTADD_BACKEND")
     if forced:
@@ -123,10 +175,17 @@ def select_backend(x: torch.Tensor) -> AdderBackend:
                 f"SHIFTADD_BACKEND={forced!r} is not a known backend; choose one of: {', '.join(_BACKENDS)}"
             )
         return _BACKENDS[forced][1]
+    chosen = _BACKENDS["reference"][1]
     for backend in registered_backends().values():
         if backend.available() and backend.supports(x):
-            return backend
-    return _BACKENDS["reference"][1]
+            chosen = backend
+            break
+    reason = _fallback_reason(x, chosen) if record else None
+    if reason is not None:
+        if reason not in _FALLBACKS:
+            warnings.warn(reason, AdderFallbackWarning, stacklevel=3)
+        _FALLBACKS[reason] += 1
+    return chosen
 
 
 _kernels_loaded = False
@@ -166,10 +225,41 @@ class AdderFunction(torch.autograd.Function):
         return dX, dW, None, None
 
 
-def adder_matmul(X: torch.Tensor, W: torch.Tensor, grad_mode: str = "full", backend: Optional[str] = None) -> torch.Tensor:
-    """The grouped primitive: X (G, P, K), W (G, O, K) -> (G, P, O), -L1 distances."""
+def _autocast_enabled(x: torch.Tensor) -> bool:
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except (TypeError, RuntimeError):  # torch < 2.4, or a device type autocast does not know
+        return x.device.type == "cpu" and torch.is_autocast_cpu_enabled() or x.is_cuda and torch.is_autocast_enabled()
+
+
+def _half_to_float(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _check_dtypes(op: str, x: torch.Tensor, weight: torch.Tensor) -> None:
+    if x.dtype != weight.dtype:
+        raise TypeError(
+            f"{op}: input dtype {x.dtype} and weight dtype {weight.dtype} differ; convert one of them "
+            "(model.to(dtype) or x.to(dtype)), or run under torch.autocast (adder layers then compute in float32)"
+        )
+
+
+def _check_grad_mode(grad_mode: str) -> None:
     if grad_mode not in GRAD_MODES:
         raise ValueError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}")
+
+
+def adder_matmul(X: torch.Tensor, W: torch.Tensor, grad_mode: str = "full", backend: Optional[str] = None) -> torch.Tensor:
+    """The grouped primitive: X (G, P, K), W (G, O, K) -> (G, P, O), -L1 distances.
+
+    Under ``torch.autocast`` it runs (and returns) float32, like autocast's float32 ops: a sum of K
+    absolute differences in bfloat16/float16 would keep only 2-3 significant digits.
+    """
+    _check_grad_mode(grad_mode)
+    if _autocast_enabled(X):
+        with torch.autocast(X.device.type, enabled=False):
+            return adder_matmul(_half_to_float(X), _half_to_float(W), grad_mode, backend)
+    _check_dtypes("adder", X, W)
     impl = _BACKENDS[backend][1] if backend else select_backend(X)
     return AdderFunction.apply(X, W, grad_mode, impl)
 
@@ -187,8 +277,14 @@ def adder_conv2d(
     """Adder convolution: out[n,o,i,j] = -sum_{c,u,v} |x[n,c,i*s+u*d-p, j*s+v*d-p] - w[o,c,u,v]|.
 
     Zero padding: a padded position holds x = 0 and so contributes -|w|.
-    x: (N, C, H, W), weight: (O, C/groups, kh, kw).
+    x: (N, C, H, W), weight: (O, C/groups, kh, kw). Under ``torch.autocast`` it computes in float32.
     """
+    _check_grad_mode(grad_mode)
+    if _autocast_enabled(x):
+        with torch.autocast(x.device.type, enabled=False):
+            return adder_conv2d(_half_to_float(x), _half_to_float(weight), _half_to_float(bias), stride, padding,
+                                dilation, groups, grad_mode)
+    _check_dtypes("adder_conv2d", x, weight)
     N, C = x.shape[:2]
     O, Cg, kh, kw = weight.shape
     G = groups
@@ -204,7 +300,7 @@ def adder_conv2d(
         out = fused(x, weight, stride, padding, dilation, groups, grad_mode)
         return out if bias is None else out + bias.view(1, -1, 1, 1)
     X, out_size = im2col_grouped(x, (kh, kw), stride, padding, dilation, G)
-    Y = adder_matmul(X, weight.reshape(G, O // G, Cg * kh * kw), grad_mode)  # (G, N*L, O/G)
+    Y = AdderFunction.apply(X, weight.reshape(G, O // G, Cg * kh * kw), grad_mode, backend)  # (G, N*L, O/G)
     out = col2im_grouped(Y, N, out_size)
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)

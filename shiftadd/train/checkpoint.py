@@ -19,7 +19,7 @@ import json
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -203,11 +203,28 @@ def load_checkpoint_meta(path: str) -> Dict[str, Any]:
     return meta
 
 
-def load_checkpoint(path: str, map_location: str = "cpu") -> Checkpoint:
-    """Load and verify a checkpoint (directory or JSON file); raise CheckpointError if it is unusable."""
+def _target_device(map_location: Union[str, torch.device]) -> torch.device:
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError):
+        raise CheckpointError(f"cannot load a checkpoint onto {map_location!r}: not a device name "
+                              "(use 'cpu', 'cuda' or 'cuda:N')") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"cannot load a checkpoint onto {map_location!r}: CUDA is not available here "
+                              "(use map_location='cpu')")
+    return device
+
+
+def load_checkpoint(path: str, map_location: Union[str, torch.device] = "cpu") -> Checkpoint:
+    """Load and verify a checkpoint (directory or JSON file); raise CheckpointError if it is unusable.
+
+    The tensors are stored without a device (saved from CPU copies), so a checkpoint written on any
+    device loads onto ``map_location`` (a device or its name; "cpu" by default).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    device = _target_device(map_location)
     meta_path = resolve_checkpoint_path(path)
     meta = load_checkpoint_meta(meta_path)
     tensor_path = os.path.join(os.path.dirname(meta_path), str(meta.get("tensors", "")))
@@ -216,9 +233,11 @@ def load_checkpoint(path: str, map_location: str = "cpu") -> Checkpoint:
     if meta.get("sha256") and _sha256(tensor_path) != meta["sha256"]:
         raise CheckpointError(f"checkpoint tensors are corrupt (checksum mismatch): {tensor_path}")
     try:
-        tensors = load_file(tensor_path, device=map_location)
+        tensors = load_file(tensor_path, device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"cannot read checkpoint tensors {tensor_path}: {exc}") from None
+    if device.type != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     opt_state = None
     if meta.get("optimizer") is not None:
