@@ -11,7 +11,8 @@ from typing import Any, Dict
 
 from shiftadd import nn, ops
 from shiftadd.nn import (
-    ActiveShift2d, AdderConv1d, AdderConv2d, AdderLinear, ShiftAddConv1d, ShiftAddConv2d, ShiftAddLinear,
+    ActiveShift2d, AdderConv1d, AdderConv2d, AdderLightweightConv1d, AdderLinear, LightweightBlock, LightweightConv1d,
+    MultiheadAttention, ShiftAddLightweightConv1d, TwoBranchBlock, ShiftAddConv1d, ShiftAddConv2d, ShiftAddLinear,
     ShiftConv1d, ShiftConv2d, ShiftLinear, SparseShift2d, SpatialShift2d, conv_layer, convert, linear_layer,
 )
 from shiftadd.optim import AdderAdaptiveLR, scale_adder_gradients
@@ -45,4 +46,6 @@ __all__ = [
     "AdderConv1d", "AdderConv2d", "AdderLinear", "ShiftConv1d", "ShiftConv2d", "ShiftLinear",
     "ShiftAddConv1d", "ShiftAddConv2d", "ShiftAddLinear", "SpatialShift2d", "ActiveShift2d", "SparseShift2d",
     "AdderAdaptiveLR", "scale_adder_gradients",
+    "LightweightConv1d", "AdderLightweightConv1d", "ShiftAddLightweightConv1d", "LightweightBlock",
+    "MultiheadAttention", "TwoBranchBlock",
 ]
