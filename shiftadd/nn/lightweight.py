@@ -235,7 +235,8 @@ class LightweightBlock(nn.Module):
 
     ``proj_op`` is the operator family of both projections (see :data:`shiftadd.nn.OPS`);
     ``glu=False`` drops the gated linear unit, whose gate is a product of two activations
-    (the multiplication-free presets turn it off).
+    (the multiplication-free presets turn it off); then the "shiftadd" variant has no separate
+    input projection: its ShiftLinear over channels is one.
     """
 
     def __init__(self, channels: int, kernel_size: int, heads: int = 1, variant: str = "mult",
@@ -244,7 +245,10 @@ class LightweightBlock(nn.Module):
         super().__init__()
         self.channels, self.glu, self.variant = int(channels), bool(glu), variant
         layer_opts = {k: v for k, v in options.items() if k in ("weight_bits", "rounding", "grad_mode", "eta")}
-        self.in_proj = linear_layer(proj_op, channels, 2 * channels if glu else channels, **layer_opts)
+        if variant == "shiftadd" and not glu:  # the shift-add conv's own ShiftLinear is the input projection
+            self.in_proj: nn.Module = nn.Identity()
+        else:
+            self.in_proj = linear_layer(proj_op, channels, 2 * channels if glu else channels, **layer_opts)
         self.conv = time_conv(variant, channels, kernel_size, heads, causal, weight_dropout, **options)
         self.out_proj = linear_layer(proj_op, channels, channels, **layer_opts)
 
@@ -264,7 +268,8 @@ class LightweightBlock(nn.Module):
         n = _tokens(input_shape)
         glu = count_dict(exps=n * self.channels, adds=n * self.channels, divs=n * self.channels,
                          mults=n * self.channels) if self.glu else {}
-        return merge_counts(linear_op_counts(self.in_proj, n), glu, self.conv.op_counts(input_shape),
+        inp = {} if isinstance(self.in_proj, nn.Identity) else linear_op_counts(self.in_proj, n)
+        return merge_counts(inp, glu, self.conv.op_counts(input_shape),
                             linear_op_counts(self.out_proj, n))
 
 
