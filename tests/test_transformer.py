@@ -296,3 +296,11 @@ def test_tiny_model_overfits_a_handful_of_pairs(preset, lr):
         assert hist[-1]["loss"] < 0.5
         got = greedy_decode(model, data.collate(range(8)).src, max_len=16)
         assert sum(g == t for g, t in zip(got, data.tgt)) >= 6
+
+
+def test_missing_optional_dependency_is_a_one_line_user_error():
+    from shiftadd.errors import UserError
+    from shiftadd.metrics import require
+
+    with pytest.raises(UserError, match=r"pip install 'shiftadd\[text\]'"):
+        require("no_such_module_for_shiftadd")
