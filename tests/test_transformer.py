@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from shiftadd.data.text import (
     BOS_ID, EOS_ID, PAD_ID, SubwordTokenizer, TokenBatchLoader, TranslationData, joint_tokenizer, load_parallel,
