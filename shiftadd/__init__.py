@@ -12,8 +12,9 @@ from typing import Any, Dict
 
 from shiftadd import nn, ops
 from shiftadd.nn import (
-    ActiveShift2d, AdderConv1d, AdderConv2d, AdderLinear, ShiftAddConv1d, ShiftAddConv2d, ShiftAddLinear,
-    OperatorFamily, ShiftConv1d, ShiftConv2d, ShiftLinear, SparseShift2d, SpatialShift2d, conv_layer, convert,
+    ActiveShift2d, AdderConv1d, AdderConv2d, AdderLightweightConv1d, AdderLinear, LightweightBlock, LightweightConv1d,
+    MultiheadAttention, OperatorFamily, ShiftAddConv1d, ShiftAddConv2d, ShiftAddLightweightConv1d, ShiftAddLinear,
+    ShiftConv1d, ShiftConv2d, ShiftLinear, SparseShift2d, SpatialShift2d, TwoBranchBlock, conv_layer, convert,
     family_names, get_family, linear_layer, register_family,
 )
 from shiftadd.optim import AdderAdaptiveLR, scale_adder_gradients
@@ -48,4 +49,6 @@ __all__ = [
     "AdderConv1d", "AdderConv2d", "AdderLinear", "ShiftConv1d", "ShiftConv2d", "ShiftLinear",
     "ShiftAddConv1d", "ShiftAddConv2d", "ShiftAddLinear", "SpatialShift2d", "ActiveShift2d", "SparseShift2d",
     "AdderAdaptiveLR", "scale_adder_gradients",
+    "LightweightConv1d", "AdderLightweightConv1d", "ShiftAddLightweightConv1d", "LightweightBlock",
+    "MultiheadAttention", "TwoBranchBlock",
 ]

@@ -27,7 +27,7 @@ def scale_adder_gradients(model: nn.Module, eta: Optional[float] = None) -> int:
     """
     scaled = 0
     for module in model.modules():
-        if not isinstance(module, ADDER_TYPES):
+        if not (isinstance(module, ADDER_TYPES) or getattr(module, "adder_adaptive_lr", False)):
             continue
         grad = module.weight.grad
         if grad is None:

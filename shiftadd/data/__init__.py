@@ -11,15 +11,21 @@ numpy arrays; see :mod:`shiftadd.data.cifar`), image folders ``train/<class>/*``
 ``test/<class>/*`` (also as a ``.tar.gz``), MNIST (IDX files or an npz) and an embedded
 2,000 + 1,000 image CIFAR-10 subset that needs no download. Decoded image folders and
 archives are cached in ``$SHIFTADD_CACHE`` (default ``~/.cache/shiftadd``).
+Parallel text for translation (Multi30k, subword vocabulary, token batches): :mod:`shiftadd.data.text`.
 """
 from shiftadd.data.augment import augment_batch, denormalize, normalize, random_crop, random_hflip
 from shiftadd.data.cache import cache_dir, clear_cache
 from shiftadd.data.dataset import ImageDataset, balanced_subset_indices, channel_stats
 from shiftadd.data.loader import BatchLoader
 from shiftadd.data.registry import DATASETS, list_datasets, load_dataset
+from shiftadd.data.text import (
+    ParallelText, SubwordTokenizer, TokenBatchLoader, TranslationBatch, TranslationData, joint_tokenizer, load_parallel,
+)
 
 __all__ = [
     "load_dataset", "list_datasets", "DATASETS", "ImageDataset", "BatchLoader",
     "augment_batch", "random_crop", "random_hflip", "normalize", "denormalize",
     "channel_stats", "balanced_subset_indices", "cache_dir", "clear_cache",
+    "ParallelText", "SubwordTokenizer", "TokenBatchLoader", "TranslationBatch", "TranslationData",
+    "joint_tokenizer", "load_parallel",
 ]

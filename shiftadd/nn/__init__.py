@@ -1,9 +1,13 @@
 """Conv/Linear-compatible modules of every operator family, spatial shifts, and convert()."""
 from shiftadd.nn.adder import ADDER_TYPES, AdderConv1d, AdderConv2d, AdderLinear
+from shiftadd.nn.attention import TOKEN_MIXERS, MultiheadAttention, TwoBranchBlock, token_mixer
 from shiftadd.nn.convert import convert
 from shiftadd.nn.factory import conv_layer, linear_layer
 from shiftadd.nn.families import (
     OperatorFamily, families, family_names, get_family, register_family, unregister_family,
+)
+from shiftadd.nn.lightweight import (
+    AdderLightweightConv1d, LightweightBlock, LightweightConv1d, ShiftAddLightweightConv1d,
 )
 from shiftadd.nn.shift import SHIFT_TYPES, ShiftConv1d, ShiftConv2d, ShiftLinear
 from shiftadd.nn.shiftadd import SHIFTADD_TYPES, ShiftAddConv1d, ShiftAddConv2d, ShiftAddLinear
@@ -23,6 +27,8 @@ __all__ = [
     "ADDER_TYPES", "SHIFT_TYPES", "SHIFTADD_TYPES", "SPATIAL_SHIFT_TYPES", "OPS",
     "conv_layer", "linear_layer", "convert",
     "OperatorFamily", "register_family", "unregister_family", "get_family", "family_names", "families",
+    "LightweightConv1d", "AdderLightweightConv1d", "ShiftAddLightweightConv1d", "LightweightBlock",
+    "MultiheadAttention", "TwoBranchBlock", "TOKEN_MIXERS", "token_mixer",
     "sparse_shift_penalty", "shift_sparsity_report", "total_shift_sparsity",
     "remove_zero_shift_layers", "freeze_sparse_shifts",
 ]
