@@ -5,7 +5,6 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from shiftadd.models import OPS, create, list_models
-from shiftadd.models.transformer import SEQUENCE_MODELS
 from shiftadd.nn import ADDER_TYPES, SHIFT_TYPES, SHIFTADD_TYPES
 
 # Input shape per architecture and options that shrink widths (the layer structure is unchanged)
@@ -49,7 +48,7 @@ def test_registry_lists_the_zoo():
 
 
 # Image classifiers; the sequence-to-sequence models take token ids (tests/test_transformer.py).
-IMAGE_MODELS = [n for n in list_models() if n not in SEQUENCE_MODELS]
+IMAGE_MODELS = list_models(task="classification")
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -139,7 +139,7 @@ def test_unregistered_family_is_gone(toy_family):
 
 # --- every family builds every zoo model --------------------------------------------------------------------
 @pytest.mark.parametrize("op", BUILTIN)
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models(task="classification"))
 def test_every_family_builds_every_model_on_its_input_shape(name, op):
     info = model_info(name)
     assert info.input_shape is not None, f"{name} declares no input_shape"
@@ -151,6 +151,13 @@ def test_every_family_builds_every_model_on_its_input_shape(name, op):
 
 
 # --- model metadata -----------------------------------------------------------------------------------------
+def test_models_declare_their_task():
+    assert model_info("transformer-seq").task == "translation"
+    assert model_info("resnet20").task == "classification"
+    assert "transformer-seq" in list_models() and "transformer-seq" not in list_models(task="classification")
+    assert list_models(task="translation") == ["transformer-seq"]
+
+
 def test_model_info_shapes_and_defaults():
     assert model_info("resnet20").input_shape == (3, 32, 32)
     assert model_info("vgg19-small").input_shape == (3, 32, 32)
@@ -172,7 +179,7 @@ def test_model_info_options_come_from_the_signatures():
     assert model_info("shiftresnet20").accepts("expansion")
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models(task="classification"))
 def test_inferred_data_options_match_what_the_builder_really_takes(name):
     shape = model_info(name).input_shape
     for key, value in (("in_channels", shape[0]), ("image_size", shape[-1])):

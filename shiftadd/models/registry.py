@@ -38,6 +38,9 @@ class ModelInfo:
     #: The builder's default number of classes (``create()`` itself defaults to 10 for every model).
     num_classes: int
     paper: str = ""
+    #: What the model does: "classification" (images/signals in, class logits out) or "translation"
+    #: (token ids in, vocabulary logits out); selects the trainer's task.
+    task: str = "classification"
 
     def accepts(self, option: str) -> bool:
         """True when the builder is known to take architecture option ``option``."""
@@ -51,6 +54,7 @@ class _Entry:
     description: str
     aliases: Tuple[str, ...]
     paper: str
+    task: str
 
 
 _MODELS: Dict[str, _Entry] = {}
@@ -58,11 +62,13 @@ _ALIASES: Dict[str, str] = {}
 
 
 def register_model(name: str, *, input_shape: Optional[Sequence[int]] = None, description: str = "",
-                   aliases: Sequence[str] = (), paper: str = "") -> Callable[[Builder], Builder]:
+                   aliases: Sequence[str] = (), paper: str = "",
+                   task: str = "classification") -> Callable[[Builder], Builder]:
     """Decorator: register ``builder(op=..., num_classes=..., **options)`` under ``name``.
 
     ``input_shape`` is one sample's shape (no batch); ``description`` defaults to the builder's
-    docstring up to "Options:"; ``aliases`` are other names that resolve to this one.
+    docstring up to "Options:"; ``aliases`` are other names that resolve to this one; ``task`` is
+    "classification" or "translation".
     """
 
     def deco(fn: Builder) -> Builder:
@@ -70,17 +76,18 @@ def register_model(name: str, *, input_shape: Optional[Sequence[int]] = None, de
             if n in _MODELS or n in _ALIASES:
                 raise ValueError(f"model {n!r} is registered twice")
         shape = None if input_shape is None else tuple(int(s) for s in input_shape)
-        _MODELS[name] = _Entry(fn, shape, description or _doc_summary(fn), tuple(aliases), paper)
+        _MODELS[name] = _Entry(fn, shape, description or _doc_summary(fn), tuple(aliases), paper, task)
         _ALIASES.update({a: name for a in aliases})
         return fn
 
     return deco
 
 
-def list_models() -> List[str]:
-    """Canonical names of all registered architectures, sorted (aliases: :func:`model_info`)."""
+def list_models(task: Optional[str] = None) -> List[str]:
+    """Canonical names of all registered architectures (of ``task``, if given), sorted (aliases:
+    :func:`model_info`)."""
     _load_all()
-    return sorted(_MODELS)
+    return sorted(n for n, e in _MODELS.items() if task is None or e.task == task)
 
 
 def resolve_model_name(name: str) -> str:
@@ -101,7 +108,7 @@ def model_info(name: str) -> ModelInfo:
     num_classes = inspect.signature(entry.builder).parameters.get("num_classes")
     default = num_classes.default if num_classes is not None else inspect.Parameter.empty
     return ModelInfo(canonical, entry.input_shape, _builder_options(entry.builder), entry.description,
-                     entry.aliases, default if isinstance(default, int) else 10, entry.paper)
+                     entry.aliases, default if isinstance(default, int) else 10, entry.paper, entry.task)
 
 
 def create(name: str, op: str = "conv", num_classes: int = 10, pretrained: bool = False,

@@ -35,8 +35,6 @@ from shiftadd.nn.attention import TOKEN_MIXERS, MultiheadAttention, token_mixer
 from shiftadd.nn.factory import OPS, linear_layer
 from shiftadd.nn.lightweight import count_dict, linear_op_counts, merge_counts
 
-#: Registered names of the sequence-to-sequence models (they take token ids, not images).
-SEQUENCE_MODELS = ("transformer-seq",)
 LAYER_OPTION_NAMES = ("weight_bits", "rounding", "grad_mode", "eta")
 
 
@@ -318,7 +316,7 @@ class TransformerSeq2Seq(nn.Module):
         return parts
 
 
-@register_model("transformer-seq")
+@register_model("transformer-seq", task="translation")
 def transformer_seq(op: str = "conv", num_classes: Optional[int] = None, vocab_size: Optional[int] = None,
                     preset: str = "transformer", layers: int = 3, **overrides: Any) -> TransformerSeq2Seq:
     """Encoder-decoder Transformer for translation (token ids in, logits over the vocabulary out).
@@ -333,6 +331,6 @@ def transformer_seq(op: str = "conv", num_classes: Optional[int] = None, vocab_s
     return TransformerSeq2Seq(preset_config(preset, vocab_size, layers, **overrides))
 
 
-__all__ = ["TransformerConfig", "TransformerSeq2Seq", "FeedForward", "PRESETS", "SEQUENCE_MODELS",
+__all__ = ["TransformerConfig", "TransformerSeq2Seq", "FeedForward", "PRESETS",
            "preset_config", "sinusoidal_positions", "transformer_seq"]
 
