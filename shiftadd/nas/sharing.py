@@ -51,17 +51,20 @@ def laplace_w2_distance(w: torch.Tensor) -> torch.Tensor:
 
     D(w) = (1/n) sum_i (w_(i) - F^-1_Laplace((i - 1/2)/n; mu, b))^2 / b^2,  mu = median(w), b = mean|w - mu|
 
-    (w_(i) sorted; mu and b are the Laplace maximum-likelihood fit, held fixed in the gradient, so
-    the loss moves the *shape* of the distribution, not its scale). Why W2 and not KL of a
+    (w_(i) sorted; mu and b are the Laplace maximum-likelihood fit). D is invariant to shifting and
+    scaling w, and so is its gradient's effect: the loss moves the *shape* of the distribution
+    and cannot be lowered by shrinking the weights. Why W2 and not KL of a
     histogram: in one dimension W2 is exactly the matching of sorted values to quantiles (no bins
     to choose, defined for any n), and its gradient reaches every weight, whereas histogram
     counts are piecewise constant in the weights (zero gradient almost everywhere). Returns 0
     (with a zero gradient, never NaN) when all values are equal.
     """
     v = w.flatten()
-    mu = v.detach().median()
-    b = (v.detach() - mu).abs().mean()
-    if v.numel() < 2 or not b > torch.finfo(v.dtype).eps * max(1.0, float(mu.abs())):
+    if v.numel() < 2:
+        return v.sum() * 0.0
+    mu = v.median()
+    b = (v - mu).abs().mean()
+    if not b.detach() > torch.finfo(v.dtype).eps * max(1.0, float(mu.detach().abs())):
         return v.sum() * 0.0
     q = laplace_quantiles(v.numel(), mu, b)
     return ((torch.sort(v).values - q) ** 2).mean() / (b * b)
