@@ -58,6 +58,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--modes", default="separate,shared,heterogeneous")
     p.add_argument("--reg-weight", type=float, default=0.05)
     p.add_argument("--sandwich", action="store_true")
+    p.add_argument("--attention", action="store_true", help="attention choice in the last stage's stride-1 blocks")
     p.add_argument("--supernet-epochs", type=int, default=30)
     p.add_argument("--standalone-epochs", type=int, default=10, help="epochs of each ranking architecture")
     p.add_argument("--retrain-epochs", type=int, default=30, help="epochs of found and baseline networks")
@@ -88,8 +89,8 @@ class Pipeline:
         self.out.mkdir(parents=True, exist_ok=True)
         if args.threads:
             torch.set_num_threads(args.threads)
-        self.space = SearchSpace(args.depth, tuple(args.ops.split(",")), tuple(float(w) for w in args.widths.split(",")),
-                                 args.base_width)
+        self.space = SearchSpace(args.depth, tuple(args.ops.split(",")),
+                                 tuple(float(w) for w in args.widths.split(",")), args.base_width, args.attention)
         self.modes = [m for m in args.modes.split(",") if m]
         train_set, self.test = load_dataset(args.dataset, data_dir=args.data_dir, subset=args.subset, seed=args.seed)
         if args.test_subset is not None and args.test_subset < len(self.test):
@@ -157,7 +158,7 @@ class Pipeline:
                                                       "val_size": a.val_size, "split_seed": a.seed}, indent=1))
             options = {"mode": mode, "ops": list(self.space.ops), "widths": list(self.space.widths),
                        "width": self.space.base_width, "sandwich": a.sandwich, "seed": a.seed,
-                       "reg_weight": a.reg_weight}
+                       "reg_weight": a.reg_weight, "attention": a.attention}
             t0 = time.time()
             self._train(run, f"supernet-resnet{a.depth}", options, a.supernet_epochs, (self.train_part, self.val))
             self._timed(f"supernet/{mode}", time.time() - t0)

@@ -16,6 +16,7 @@ from shiftadd.nas.sharing import laplace_quantiles
 from shiftadd.train import make_config, recalibrate_batchnorm, train
 
 SPACE = SearchSpace(depth=8, base_width=4)  # 3 blocks, 4 operators x 3 widths each
+ATT_SPACE = SearchSpace(depth=14, base_width=4, attention=True)  # block 5 may also be an attention block
 
 
 def _quiet(_msg):
@@ -88,6 +89,14 @@ def test_bad_architectures_get_one_line_errors(tmp_path):
         SPACE.validate(Architecture((BlockChoice("conv", 0.3),) * 3))
     with pytest.raises(UserError, match="not found"):
         Architecture.load(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("blocks: [\n")
+    with pytest.raises(UserError, match="cannot parse"):
+        Architecture.load(broken)
+    with pytest.raises(UserError, match="width must be a positive number"):
+        Architecture.from_dict({"blocks": [{"op": "conv", "width": -1}] * 3})
+    with pytest.raises(UserError, match="does not match"):
+        Architecture.from_dict({"depth": 20, "blocks": ["conv"] * 3})
 
 
 @pytest.mark.parametrize("op", ["conv", "adder", "shift-ps", "shiftadd"])
@@ -183,6 +192,40 @@ def test_sandwich_trains_widest_and_narrowest_paths_with_distillation():
     assert net.regularization_loss().item() == 0.0  # consumed once per step
 
 
+def test_attention_is_a_choice_of_the_last_stage_only():
+    assert [i for i in range(ATT_SPACE.num_blocks) if "attention" in ATT_SPACE.ops_at(i)] == [5]
+    rng = np.random.default_rng(0)
+    assert any(ATT_SPACE.sample(rng).blocks[5].op == "attention" for _ in range(60))
+    early = Architecture((BlockChoice("attention"),) + (BlockChoice("conv"),) * 5)
+    with pytest.raises(UserError, match="block 0 uses unknown operator 'attention'"):
+        ATT_SPACE.validate(early)
+    with pytest.raises(UserError, match="attention is only allowed"):
+        create("hybrid-resnet14", arch=early)
+    with pytest.raises(UserError, match="not an operator family"):
+        SearchSpace(depth=14, ops=("conv", "attention"))
+    late = Architecture((BlockChoice("conv"),) * 5 + (BlockChoice("attention", 0.5),))
+    model = create("hybrid-resnet14", arch=late)
+    assert type(model.layer3[1]).__name__ == "AttentionBlock" and model.layer3[1].q_weight.shape == (32, 64)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("mode", ["shared", "heterogeneous"])
+def test_subnet_with_attention_equals_the_standalone_model(mode):
+    torch.manual_seed(1)
+    net = Supernet(ATT_SPACE, mode=mode)
+    x = torch.randn(3, 3, 16, 16)
+    rng = np.random.default_rng(2)
+    archs = [Architecture(a.blocks[:5] + (BlockChoice("attention", w),))
+             for a, w in zip([ATT_SPACE.sample(rng) for _ in range(3)], (0.5, 0.75, 1.0))]
+    for arch in archs:
+        net.set_active(arch)
+        recalibrate_batchnorm(net, _batches(res=16), 32, torch.device("cpu"))
+        net.eval()
+        standalone = create("hybrid-resnet14", arch=arch, width=4)
+        standalone.load_state_dict(net.subnet(arch).state_dict())
+        torch.testing.assert_close(net(x), standalone.eval()(x), rtol=1e-5, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- heterogeneous sharing
 def test_remap_is_identity_at_init_monotone_and_differentiable():
     torch.manual_seed(0)
@@ -275,6 +318,18 @@ def test_energy_table_equals_the_profile_of_the_built_model(platform, fmt, memor
     assert all(cheap <= lookup.energy_uj(SPACE.sample(rng)) <= dear for _ in range(20))
     rows = lookup.breakdown(arch)
     assert math.isclose(sum(r["share"] for r in rows), 1.0) and len(rows) == 1 + SPACE.num_blocks
+
+
+def test_energy_table_with_attention_equals_the_profile():
+    from shiftadd.energy import profile
+
+    lookup = EnergyLookup(ATT_SPACE, image_size=16)
+    rng = np.random.default_rng(6)
+    for arch in [Architecture(ATT_SPACE.sample(rng).blocks[:5] + (BlockChoice("attention", 0.75),)) for _ in range(3)]:
+        model = create("hybrid-resnet14", arch=arch, width=4)
+        assert math.isclose(lookup.energy_pj(arch), profile(model, (1, 3, 16, 16)).total_pj, rel_tol=1e-9)
+    att = lookup.block_pj[5]["attention@1"]
+    assert att > 0 and lookup.block_params[5]["attention@1"] == 4 * 16 * 16 + 2 * 16
 
 
 def test_energy_table_cache(tmp_path):

@@ -8,7 +8,8 @@ the search space (:class:`shiftadd.nas.supernet.Supernet`), trainable with ``shi
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import math
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -17,9 +18,60 @@ import torch.nn.functional as F
 from shiftadd.models.registry import register_model
 from shiftadd.models.resnet import BasicBlock, classifier, init_weights, three_stages
 from shiftadd.nas.arch import ArchLike, Architecture, as_architecture, blocks_for_depth
-from shiftadd.nas.space import family_properties, inner_channels
+from shiftadd.nas.space import ATTENTION, attention_allowed, family_properties, inner_channels
 
-DEPTHS = (8, 14, 20, 32, 56, 110)
+DEPTHS = (8, 14, 20, 32, 56)
+
+
+def attention_heads(inner: int) -> int:
+    """Heads of an attention block with ``inner`` query/key/value channels: 4, or 1 if 4 does not divide it."""
+    return 4 if inner % 4 == 0 else 1
+
+
+def attend(x: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, wo: torch.Tensor) -> torch.Tensor:
+    """Multi-head self-attention over the H*W positions of ``x`` (N, C, H, W); ``wq/wk/wv``: (inner, C),
+    ``wo``: (C, inner). softmax(Q K^T / sqrt(d)) V per head, then the output projection."""
+    n, c, h, w = x.shape
+    heads = attention_heads(wq.shape[0])
+    tokens = x.flatten(2).transpose(1, 2)  # (N, HW, C)
+
+    def split(z: torch.Tensor) -> torch.Tensor:  # (N, HW, inner) -> (N, heads, HW, inner / heads)
+        return z.reshape(n, h * w, heads, -1).transpose(1, 2)
+
+    q, k, v = split(F.linear(tokens, wq)), split(F.linear(tokens, wk)), split(F.linear(tokens, wv))
+    att = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+    out = (att @ v).transpose(1, 2).reshape(n, h * w, -1)
+    return F.linear(out, wo).transpose(1, 2).reshape(n, c, h, w)
+
+
+class AttentionBlock(nn.Module):
+    """Residual self-attention block (ShiftAddNAS's multiplication-based attention choice, here over the
+    8x8 map of the last stage): out = relu(x + MHSA(BN(x))) with ``inner`` query/key/value channels."""
+
+    def __init__(self, planes: int, inner: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(planes)
+        self.q_weight, self.k_weight, self.v_weight = (nn.Parameter(torch.empty(inner, planes)) for _ in range(3))
+        self.out_weight = nn.Parameter(torch.empty(planes, inner))
+        for p in (self.q_weight, self.k_weight, self.v_weight, self.out_weight):
+            nn.init.kaiming_uniform_(p, a=math.sqrt(5))  # nn.Linear's default
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + attend(self.norm(x), self.q_weight, self.k_weight, self.v_weight, self.out_weight))
+
+
+def make_block(op: str, in_planes: int, planes: int, stride: int, width: float, shortcut: str = "B",
+               layer_options: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """One searchable block: a basic block of family ``op`` or an attention block, inner width ``width``."""
+    from shiftadd.errors import UserError
+
+    mid = inner_channels(planes, width)
+    if op == ATTENTION:
+        if stride != 1 or in_planes != planes:
+            raise UserError("an attention block must keep the size (stride 1, in = out channels): "
+                            "use it only in the last stage after its first block")
+        return AttentionBlock(planes, mid)
+    return BasicBlock(op, in_planes, planes, stride, shortcut, layer_options, mid)
 
 
 class HybridResNet(nn.Module):
@@ -39,11 +91,16 @@ class HybridResNet(nn.Module):
         self.arch, self.depth = arch, arch.depth
         self.conv1 = conv_layer("conv", in_channels, width, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        choices = iter(arch.blocks)
+        choices = iter(enumerate(arch.blocks))
+        per_stage = len(arch.blocks) // 3
 
         def block(cin: int, planes: int, stride: int) -> nn.Module:
-            b = next(choices)
-            return BasicBlock(b.op, cin, planes, stride, shortcut, layer_options, inner_channels(planes, b.width))
+            i, b = next(choices)
+            if b.op == ATTENTION and not attention_allowed(i // per_stage, cin, planes, stride):
+                from shiftadd.errors import UserError
+
+                raise UserError(f"block {i}: attention is only allowed in stride-1 blocks of the last stage")
+            return make_block(b.op, cin, planes, stride, b.width, shortcut, layer_options)
 
         stages, in_planes = three_stages(width, len(arch.blocks) // 3, block)
         self.layer1, self.layer2, self.layer3 = stages

@@ -90,14 +90,17 @@ class Architecture:
             try:
                 width = float(b.get("width", 1.0))
             except (TypeError, ValueError):
-                raise UserError(f"{what}: block {i} width must be a number, got {b.get('width')!r}") from None
+                width = float("nan")
+            if not width > 0:
+                raise UserError(f"{what}: block {i} width must be a positive number, got {b.get('width')!r}")
             blocks.append(BlockChoice(str(b["op"]), width))
         if len(blocks) % 3 or not blocks:
             raise UserError(f"{what}: needs 3 stages of equally many blocks, got {len(blocks)} blocks")
         arch = cls(tuple(blocks))
-        if "depth" in data and int(data["depth"]) != arch.depth:
-            raise UserError(f"{what}: depth {data['depth']} needs {blocks_for_depth(int(data['depth']))} blocks, "
-                            f"got {len(blocks)}")
+        depth = data.get("depth", arch.depth)
+        if not isinstance(depth, int) or depth != arch.depth:
+            raise UserError(f"{what}: depth {depth!r} does not match its {len(blocks)} blocks "
+                            f"(depth 6n+2 has 3n blocks; {len(blocks)} blocks is depth {arch.depth})")
         return arch
 
     def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
@@ -119,16 +122,13 @@ class Architecture:
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise UserError(f"architecture file {path!r} not found")
+        import yaml
+
         with open(path) as f:
             text = f.read()
         try:
-            if path.endswith(".json"):
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text)
-        except (ValueError, Exception) as exc:  # json.JSONDecodeError / yaml.YAMLError
+            data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as exc:  # json.JSONDecodeError is a ValueError
             raise UserError(f"cannot parse architecture file {path!r}: {str(exc).splitlines()[0]}") from None
         return cls.from_dict(data, what=f"architecture file {path!r}")
 

@@ -51,6 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--ops", default="conv,adder,shift-ps,shiftadd", help="operator choices per block")
     p.add_argument("--widths", default="0.5,0.75,1.0", help="inner-width multipliers per block")
     p.add_argument("--base-width", type=int, default=16, help="channels of the first stage (default 16)")
+    p.add_argument("--attention", action="store_true",
+                   help="add a multi-head self-attention choice to the stride-1 blocks of the last stage")
     p.add_argument("--sandwich", action="store_true", help="also train the widest and narrowest path each step")
     p.add_argument("--reg-weight", type=float, default=0.05, help="weight of the Laplace regulariser")
     p.add_argument("--val-size", type=int, default=5000, help="training images held out for scoring candidates")
@@ -110,7 +112,8 @@ def register(subparsers) -> None:
 def _space_from_args(args):
     from shiftadd.nas.space import SearchSpace, parse_list
 
-    return SearchSpace(args.depth, parse_list(args.ops), parse_list(args.widths, float), args.base_width)
+    return SearchSpace(args.depth, parse_list(args.ops), parse_list(args.widths, float), args.base_width,
+                       args.attention)
 
 
 def _cmd_supernet(args) -> int:
@@ -140,7 +143,7 @@ def _cmd_supernet(args) -> int:
         space = _space_from_args(args)
         options = {"mode": args.mode, "ops": list(space.ops), "widths": list(space.widths),
                    "width": space.base_width, "sandwich": args.sandwich, "seed": args.seed,
-                   "reg_weight": args.reg_weight}
+                   "reg_weight": args.reg_weight, "attention": space.attention}
         values: Dict[str, Any] = dict(args.train_option)
         values.update(model=f"supernet-resnet{space.depth}", model_options=options, dataset=args.dataset,
                       data_dir=args.data_dir, subset=args.subset, seed=args.seed, device=args.device)
@@ -233,14 +236,15 @@ def _cmd_show(args) -> int:
     from shiftadd.energy.profile import format_energy
     from shiftadd.nas.arch import Architecture
     from shiftadd.nas.energy_table import EnergyLookup
-    from shiftadd.nas.space import SearchSpace, family_properties
+    from shiftadd.nas.space import ATTENTION, SearchSpace, family_properties
 
     arch = Architecture.load(args.arch)
     for op in arch.ops:
         family_properties(op)
-    ops = tuple(dict.fromkeys(("conv",) + arch.ops))
+    ops = tuple(dict.fromkeys(("conv",) + tuple(op for op in arch.ops if op != ATTENTION)))
     widths = tuple(sorted({1.0} | {b.width for b in arch.blocks}))
-    space = SearchSpace(arch.depth, ops, widths, args.base_width)
+    space = SearchSpace(arch.depth, ops, widths, args.base_width, ATTENTION in arch.ops)
+    space.validate(arch)
     memory = None if str(args.memory).lower() in ("none", "off", "") else args.memory
     lookup = EnergyLookup(space, args.platform, args.fmt, memory, args.image_size, 3, args.num_classes)
     rows = lookup.breakdown(arch)

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from shiftadd.errors import UserError
 from shiftadd.nas.arch import Architecture, BlockChoice
-from shiftadd.nas.space import SearchSpace, inner_channels
+from shiftadd.nas.space import SearchSpace
 
 PJ_PER_UJ = 1e6
 
@@ -49,19 +49,18 @@ class EnergyLookup:
         return p.total_pj, sum(t.numel() for t in module.parameters())
 
     def _build(self, platform: str) -> None:
-        from shiftadd.models.resnet import BasicBlock
+        from shiftadd.models.hybrid import make_block
 
         res = self.image_size
         for slot in self.space.slots:
             pj, params = {}, {}
-            for c in self.space.choices():
-                block = BasicBlock(c.op, slot.in_planes, slot.planes, slot.stride, "B", {},
-                                   inner_channels(slot.planes, c.width))
+            for c in self.space.choices(slot.index):
+                block = make_block(c.op, slot.in_planes, slot.planes, slot.stride, c.width)
                 pj[_key(c)], params[_key(c)] = self._profile(block, (1, slot.in_planes, res, res), platform)
             self.block_pj.append(pj)
             self.block_params.append(params)
             res = (res - 1) // slot.stride + 1
-        ref = Architecture(tuple(self.space.choices()[0] for _ in self.space.slots))
+        ref = Architecture(tuple(self.space.choices(s.index)[0] for s in self.space.slots))
         total_pj, total_params = self._profile(self.build(ref), self.input_shape, platform)
         self.fixed_pj = total_pj - sum(self.block_pj[i][_key(c)] for i, c in enumerate(ref.blocks))
         self.fixed_params = total_params - sum(self.block_params[i][_key(c)] for i, c in enumerate(ref.blocks))
@@ -99,8 +98,7 @@ class EnergyLookup:
     def extreme(self, cheapest: bool = True) -> Architecture:
         """The cheapest (or most expensive) architecture of the space: per block the min (max) entry."""
         pick = min if cheapest else max
-        choices = self.space.choices()
-        return Architecture(tuple(pick(choices, key=lambda c, i=i: self.block_pj[i][_key(c)])
+        return Architecture(tuple(pick(self.space.choices(i), key=lambda c, i=i: self.block_pj[i][_key(c)])
                                   for i in range(self.space.num_blocks)))
 
     def check_budget(self, budget_uj: Optional[float]) -> None:

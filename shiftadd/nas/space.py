@@ -20,14 +20,25 @@ DEFAULT_OPS = ("conv", "adder", "shift-ps", "shiftadd")
 DEFAULT_WIDTHS = (0.5, 0.75, 1.0)
 
 
+#: The block choice that is a multi-head self-attention block instead of a basic block of convolutions.
+ATTENTION = "attention"
+
+
 # registry: the operator-family properties the search needs; swap for shiftadd.nn.families.get_family(op)
 def family_properties(op: str) -> Dict[str, bool]:
-    """``multiplication_free`` and ``has_adder`` of operator family ``op``."""
+    """``multiplication_free`` and ``has_adder`` of operator family ``op`` (or of the attention block)."""
     from shiftadd.nn import OPS
 
+    if op == ATTENTION:
+        return {"multiplication_free": False, "has_adder": False}
     if op not in OPS:
-        raise UserError(f"unknown operator {op!r}; choose one of: {', '.join(OPS)}")
+        raise UserError(f"unknown operator {op!r}; choose one of: {', '.join(OPS + (ATTENTION,))}")
     return {"multiplication_free": op != "conv", "has_adder": op in ("adder", "shiftadd", "shiftadd-fixed")}
+
+
+def attention_allowed(stage: int, in_planes: int, planes: int, stride: int) -> bool:
+    """Attention replaces only stride-1 blocks of the last stage (8x8 maps for 32x32 inputs)."""
+    return stage == 2 and stride == 1 and in_planes == planes
 
 
 def inner_channels(planes: int, width: float) -> int:
@@ -48,12 +59,17 @@ class BlockSlot:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """The CIFAR ResNet-(6n+2) skeleton with ``ops`` x ``widths`` choices per block."""
+    """The CIFAR ResNet-(6n+2) skeleton with ``ops`` x ``widths`` choices per block.
+
+    ``attention=True`` adds a multi-head self-attention block (its width multiplier scales the
+    query/key/value channels) as a further choice of the stride-1 blocks of the last stage.
+    """
 
     depth: int = 20
     ops: Tuple[str, ...] = DEFAULT_OPS
     widths: Tuple[float, ...] = DEFAULT_WIDTHS
     base_width: int = 16
+    attention: bool = False
     slots: Tuple[BlockSlot, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -64,6 +80,8 @@ class SearchSpace:
             raise UserError(f"the search space needs distinct operators, got {list(self.ops)}")
         for op in self.ops:
             family_properties(op)
+        if ATTENTION in self.ops:
+            raise UserError("attention is not an operator family; turn it on with attention=True (--attention)")
         if not self.widths or any(not 0 < w <= 1 for w in self.widths) or len(set(self.widths)) != len(self.widths):
             raise UserError(f"width multipliers must be distinct numbers in (0, 1], got {list(self.widths)}")
         if self.base_width < 1:
@@ -80,13 +98,22 @@ class SearchSpace:
     def num_blocks(self) -> int:
         return len(self.slots)
 
-    def choices(self) -> List[BlockChoice]:
-        """Every (operator, width) choice of one block."""
-        return [BlockChoice(op, w) for op in self.ops for w in self.widths]
+    def ops_at(self, index: int) -> Tuple[str, ...]:
+        """The operator choices of block ``index``."""
+        s = self.slots[index]
+        extra = (ATTENTION,) if self.attention and attention_allowed(s.stage, s.in_planes, s.planes, s.stride) else ()
+        return self.ops + extra
+
+    def choices(self, index: int = 0) -> List[BlockChoice]:
+        """Every (operator, width) choice of block ``index``."""
+        return [BlockChoice(op, w) for op in self.ops_at(index) for w in self.widths]
 
     def size(self) -> int:
         """Number of architectures in the space."""
-        return len(self.choices()) ** self.num_blocks
+        n = 1
+        for i in range(self.num_blocks):
+            n *= len(self.choices(i))
+        return n
 
     # ---- checking
     def validate(self, arch: Architecture, what: str = "architecture") -> Architecture:
@@ -95,9 +122,10 @@ class SearchSpace:
             raise UserError(f"{what} has {len(arch.blocks)} blocks but the depth-{self.depth} space needs "
                             f"{self.num_blocks} (3 stages of {self.num_blocks // 3})")
         for i, b in enumerate(arch.blocks):
-            if b.op not in self.ops:
-                raise UserError(f"{what}: block {i} uses unknown operator {b.op!r}; "
-                                f"this space has: {', '.join(self.ops)}")
+            if b.op not in self.ops_at(i):
+                where = "" if b.op != ATTENTION else " (attention: only stride-1 blocks of the last stage)"
+                raise UserError(f"{what}: block {i} uses unknown operator {b.op!r}{where}; "
+                                f"this block can use: {', '.join(self.ops_at(i))}")
             if float(b.width) not in self.widths:
                 raise UserError(f"{what}: block {i} width {b.width} is not one of {list(self.widths)}")
         return arch
@@ -105,17 +133,20 @@ class SearchSpace:
     # ---- sampling and variation
     def sample(self, rng: np.random.Generator) -> Architecture:
         """A uniformly random architecture (each block's operator and width independently uniform)."""
-        return Architecture(tuple(self._random_choice(rng) for _ in self.slots))
+        return Architecture(tuple(self._random_choice(rng, s.index) for s in self.slots))
 
-    def _random_choice(self, rng: np.random.Generator) -> BlockChoice:
-        return BlockChoice(self.ops[int(rng.integers(len(self.ops)))],
-                           self.widths[int(rng.integers(len(self.widths)))])
+    def _random_op(self, rng: np.random.Generator, index: int) -> str:
+        ops = self.ops_at(index)
+        return ops[int(rng.integers(len(ops)))]
+
+    def _random_choice(self, rng: np.random.Generator, index: int) -> BlockChoice:
+        return BlockChoice(self._random_op(rng, index), self.widths[int(rng.integers(len(self.widths)))])
 
     def mutate(self, arch: Architecture, prob: float, rng: np.random.Generator) -> Architecture:
         """Resample each block's operator and each block's width independently with probability ``prob``."""
         out = []
-        for b in arch.blocks:
-            op = self.ops[int(rng.integers(len(self.ops)))] if rng.random() < prob else b.op
+        for i, b in enumerate(arch.blocks):
+            op = self._random_op(rng, i) if rng.random() < prob else b.op
             width = self.widths[int(rng.integers(len(self.widths)))] if rng.random() < prob else b.width
             out.append(BlockChoice(op, width))
         return Architecture(tuple(out))
@@ -126,11 +157,12 @@ class SearchSpace:
 
     def as_dict(self) -> Dict[str, Any]:
         return {"depth": self.depth, "ops": list(self.ops), "widths": list(self.widths),
-                "base_width": self.base_width}
+                "base_width": self.base_width, "attention": self.attention}
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "SearchSpace":
-        return cls(int(d["depth"]), tuple(d["ops"]), tuple(d["widths"]), int(d.get("base_width", 16)))
+        return cls(int(d["depth"]), tuple(d["ops"]), tuple(d["widths"]), int(d.get("base_width", 16)),
+                   bool(d.get("attention", False)))
 
 
 def parse_list(text: str, kind: type = str) -> Sequence[Any]:

@@ -12,7 +12,8 @@ the first layer's output channels. Sharing modes:
   toward a Laplacian by :func:`~shiftadd.nas.sharing.laplace_w2_distance` (``regularization_loss``).
 
 The second (adder, out -> out) layer of a shift-add operator has a different shape and keeps its
-own tensor in every mode. BatchNorm is private to each (operator, width) choice. In the
+own tensor in every mode, and so does the optional attention block (its own query/key/value/output
+weights, sliced by width). BatchNorm is private to each (operator, width) choice. In the
 supernet the bit-shift branch trains a latent float weight rounded to powers of two
 (DeepShift-Q, straight-through); :meth:`Supernet.subnet` turns it into the DeepShift-PS layer of
 the stand-alone network with the same effective weights.
@@ -23,6 +24,7 @@ same path without communication, and a resumed run continues the same sequence.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 from shiftadd.errors import UserError
 from shiftadd.nas.arch import Architecture, BlockChoice
 from shiftadd.nas.sharing import PiecewiseLinearRemap, laplace_w2_distance
-from shiftadd.nas.space import DEFAULT_OPS, DEFAULT_WIDTHS, BlockSlot, SearchSpace, inner_channels
+from shiftadd.nas.space import ATTENTION, DEFAULT_OPS, DEFAULT_WIDTHS, BlockSlot, SearchSpace, inner_channels
 
 SHARING_MODES = ("separate", "shared", "heterogeneous")
 SUPPORTED_OPS = ("conv", "adder", "shift-ps", "shiftadd")
@@ -115,6 +117,12 @@ class SuperConv(nn.Module):
             layer.adder.weight.copy_(self.shiftadd_adder[:out_n, :out_n])
 
 
+def _attention_init(shape) -> torch.Tensor:
+    w = torch.empty(shape)
+    nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # nn.Linear's default, as the stand-alone block
+    return w
+
+
 def _bn_key(op: str, width: float) -> str:
     return f"{op}-w{int(round(width * 1000))}"
 
@@ -126,6 +134,13 @@ class SuperBlock(nn.Module):
                  num_bins: int, weight_bits: int) -> None:
         super().__init__()
         self.slot = slot
+        if ATTENTION in ops:  # its own weights; the conv positions hold the operator families
+            ops = tuple(o for o in ops if o != ATTENTION)
+            max_inner = max(inner_channels(slot.planes, w) for w in widths)
+            self.attn_q, self.attn_k, self.attn_v = (nn.Parameter(_attention_init((max_inner, slot.planes)))
+                                                     for _ in range(3))
+            self.attn_out = nn.Parameter(_attention_init((slot.planes, max_inner)))
+            self.attn_norm = nn.ModuleDict({_bn_key(ATTENTION, w): nn.BatchNorm2d(slot.planes) for w in widths})
         cin, planes = slot.in_planes, slot.planes
         max_mid = max(inner_channels(planes, w) for w in widths)
         kw = dict(ops=ops, mode=mode, num_bins=num_bins, weight_bits=weight_bits)
@@ -144,6 +159,11 @@ class SuperBlock(nn.Module):
     def forward(self, x: torch.Tensor, choice: BlockChoice) -> torch.Tensor:
         op, key = choice.op, _bn_key(choice.op, choice.width)
         mid = inner_channels(self.slot.planes, choice.width)
+        if op == ATTENTION:
+            from shiftadd.models.hybrid import attend
+
+            return F.relu(x + attend(self.attn_norm[key](x), self.attn_q[:mid], self.attn_k[:mid],
+                                     self.attn_v[:mid], self.attn_out[:, :mid]))
         out = F.relu(self.bn1[key](self.conv1(x, op, mid)))
         out = self.bn2[key](self.conv2(out, op, self.slot.planes))
         sc = self.bn_shortcut[op](self.shortcut(x, op, self.slot.planes)) if self.projection else x
@@ -151,8 +171,15 @@ class SuperBlock(nn.Module):
 
     @torch.no_grad()
     def export(self, choice: BlockChoice, block: nn.Module) -> None:
-        """Copy this choice's weights and BatchNorm into a stand-alone ``BasicBlock``."""
+        """Copy this choice's weights and BatchNorm into a stand-alone ``BasicBlock`` / ``AttentionBlock``."""
         op, key = choice.op, _bn_key(choice.op, choice.width)
+        if op == ATTENTION:
+            mid = block.q_weight.shape[0]
+            for name in ("q", "k", "v"):
+                getattr(block, f"{name}_weight").copy_(getattr(self, f"attn_{name}")[:mid])
+            block.out_weight.copy_(self.attn_out[:, :mid])
+            block.norm.load_state_dict(self.attn_norm[key].state_dict())
+            return
         self.conv1.export(op, block.conv1)
         self.conv2.export(op, block.conv2)
         block.bn1.load_state_dict(self.bn1[key].state_dict())
@@ -191,7 +218,7 @@ class Supernet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.blocks = nn.ModuleList(
-            SuperBlock(s, space.ops, space.widths, mode, num_bins, weight_bits) for s in space.slots)
+            SuperBlock(s, space.ops_at(s.index), space.widths, mode, num_bins, weight_bits) for s in space.slots)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = classifier("conv", 4 * width, num_classes)
         init_weights(self)  # stem and classifier exactly as the stand-alone network initialises them
@@ -204,13 +231,14 @@ class Supernet(nn.Module):
     def from_options(cls, depth: int, num_classes: int = 10, in_channels: int = 3, width: int = 16,
                      mode: str = "heterogeneous", ops: Sequence[str] = DEFAULT_OPS,
                      widths: Sequence[float] = DEFAULT_WIDTHS, sandwich: bool = False, seed: int = 0,
-                     reg_weight: float = 0.05, num_bins: int = 16, weight_bits: int = 5) -> "Supernet":
+                     reg_weight: float = 0.05, num_bins: int = 16, weight_bits: int = 5,
+                     attention: bool = False) -> "Supernet":
         """Build from zoo/trainer options (``-O mode=shared -O ops=[conv,adder]``)."""
         if isinstance(ops, str):
             ops = [o.strip() for o in ops.split(",")]
         if isinstance(widths, (int, float)):
             widths = [widths]
-        space = SearchSpace(depth, tuple(ops), tuple(float(w) for w in widths), int(width))
+        space = SearchSpace(depth, tuple(ops), tuple(float(w) for w in widths), int(width), bool(attention))
         return cls(space, mode, num_classes, in_channels, sandwich, seed, reg_weight, num_bins, weight_bits)
 
     # ---- paths
@@ -223,8 +251,8 @@ class Supernet(nn.Module):
         random_path = self.space.sample(rng)
         ends = []
         for w in (max(self.space.widths), min(self.space.widths)):
-            ends.append(Architecture(tuple(BlockChoice(self.space.ops[int(rng.integers(len(self.space.ops)))], w)
-                                           for _ in self.space.slots)))
+            ends.append(Architecture(tuple(BlockChoice(self.space._random_op(rng, s.index), w)
+                                           for s in self.space.slots)))
         return [ends[0], ends[1], random_path]
 
     def set_active(self, arch: Architecture) -> "Supernet":
