@@ -299,9 +299,10 @@ class Supernet(nn.Module):
             for s in self._students:
                 loss = loss + F.kl_div(F.log_softmax(s.float(), 1), target, reduction="batchmean")
             self._teacher, self._students = None, []
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # DDP (built without find_unused_parameters) needs a gradient for every parameter;
-            # the branches off this step's path get an exact zero.
+        if self.training:
+            # DDP (built without find_unused_parameters) needs a gradient for every parameter: the
+            # branches off this step's path get an exact zero, in one process as in several, so that
+            # data-parallel training gives the single-process result.
             loss = loss + sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         return loss
 
