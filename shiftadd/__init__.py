@@ -4,7 +4,8 @@ Operators (adder, bit-shift, shift-add, spatial shift) live in :mod:`shiftadd.nn
 in :mod:`shiftadd.ops`; :func:`convert` turns any model into another operator family. The model
 zoo (:mod:`shiftadd.models`), data (:mod:`shiftadd.data`), training (:mod:`shiftadd.train`),
 energy model (:mod:`shiftadd.energy`), quantisation (:mod:`shiftadd.quant`), pruning
-(:mod:`shiftadd.prune`) and fast kernels (:mod:`shiftadd.kernels`) are imported on first use.
+(:mod:`shiftadd.prune`), fast kernels (:mod:`shiftadd.kernels`) and hybrid architecture search
+(:mod:`shiftadd.nas`) are imported on first use.
 """
 import importlib
 from typing import Any, Dict
@@ -18,7 +19,7 @@ from shiftadd.optim import AdderAdaptiveLR, scale_adder_gradients
 
 __version__ = "0.1.0"
 
-_LAZY = ("models", "data", "train", "energy", "quant", "prune", "kernels")
+_LAZY = ("models", "data", "train", "energy", "quant", "prune", "kernels", "nas")
 
 
 def __getattr__(name: str) -> Any:

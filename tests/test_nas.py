@@ -460,6 +460,12 @@ def test_cli_supernet_search_show_and_retrain(supernet_run, tmp_path, capsys):
     assert main(["nas", "show", arch, "--base-width", "2"]) == 0
     table = capsys.readouterr().out
     assert "stem+classifier" in table and "share" in table and found.blocks[0].op in table
+    pareto = str(tmp_path / "pareto.json")
+    assert main(["nas", "search", supernet_run, "--multi-objective", "--trials", "4", "--population", "2",
+                 "--storage", str(tmp_path / "study.log"), "--recal-images", "20", "--out", pareto]) == 0
+    front = json.load(open(pareto))["pareto_front"]
+    assert front and "Pareto front of" in capsys.readouterr().out
+    assert all(Architecture.from_key(r["arch"]).depth == 8 for r in front)
     assert main(["train", "--model", "hybrid-resnet8", "-O", f"arch={arch}", "-O", "width=2", "--dataset",
                  "embedded", "--subset", "20", "--test-subset", "20", "--epochs", "1", "--batch-size", "10",
                  "--out", str(tmp_path / "retrain"), "--no-progress", "--threads", "1"]) == 0
