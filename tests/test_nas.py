@@ -375,6 +375,13 @@ def test_search_respects_the_energy_budget(lookup):
     assert all(lookup.params(Architecture.from_key(k)) <= params for k in capped["scores"])
     with pytest.raises(UserError, match="below the cheapest network"):
         evolutionary_search(space, _fake_score, lookup, _cfg(energy_budget_uj=0.5 * low), log=_quiet)
+    # a budget so tight that random sampling almost never fits: filled around the cheapest network
+    tight = low * 1.2
+    rng = np.random.default_rng(0)
+    assert sum(lookup.energy_uj(space.sample(rng)) <= tight for _ in range(500)) == 0
+    narrow = evolutionary_search(space, _fake_score, lookup, _cfg(energy_budget_uj=tight), log=_quiet)
+    assert len(narrow["scores"]) > 1 and all(lookup.energy_uj(Architecture.from_key(k)) <= tight
+                                             for k in narrow["scores"])
 
 
 def test_search_resume_is_exact(tmp_path, lookup):

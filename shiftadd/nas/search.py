@@ -2,7 +2,9 @@
 
 * :func:`evolutionary_search`: the evolutionary search of SPOS / ShiftAddNAS (population 50, the
   top 10 kept as parents, 25 mutations with probability 0.2 and 25 crossovers per generation, 20
-  generations) under an energy budget (and optionally a parameter budget). The whole state (the
+  generations) under an energy budget (and optionally a parameter budget). When too few random
+  architectures fit a tight budget, the first population is filled with the cheapest network and
+  its mutants. The whole state (the
   next population, the parents, every score, the random generator) is written as JSON after each
   generation, so an interrupted search resumes exactly.
 * :func:`pareto_search`: multi-objective search (accuracy up, energy down) with Optuna's NSGA-II
@@ -110,8 +112,13 @@ def evolutionary_search(space: SearchSpace, score: Score, lookup: EnergyLookup, 
         rng = np.random.default_rng(cfg.seed)
         seen: set = set()
         first = _draw(lambda: space.sample(rng), cfg.population, cons.ok, cfg.max_tries, seen)
+        if len(first) < cfg.population:  # a tight budget: fill up around the cheapest network
+            cheapest = lookup.extreme(True)
+            first += _draw(lambda: cheapest, 1, cons.ok, 1, seen)
+            first += _draw(lambda: space.mutate(cheapest, cfg.mutate_prob, rng), cfg.population - len(first),
+                           cons.ok, cfg.max_tries, seen)
         if not first:
-            raise UserError("no random architecture satisfies the constraints; loosen the budget")
+            raise UserError("no architecture of the space satisfies the constraints; loosen the budget")
         state = {"settings": settings, "generation": 0, "population": [a.key() for a in first], "parents": [],
                  "scores": {}, "history": [], "done": False, "rng": rng.bit_generator.state}
     scores: Dict[str, float] = state["scores"]

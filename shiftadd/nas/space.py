@@ -135,18 +135,19 @@ class SearchSpace:
         """A uniformly random architecture (each block's operator and width independently uniform)."""
         return Architecture(tuple(self._random_choice(rng, s.index) for s in self.slots))
 
-    def _random_op(self, rng: np.random.Generator, index: int) -> str:
+    def random_op(self, rng: np.random.Generator, index: int) -> str:
+        """A uniformly random operator choice of block ``index``."""
         ops = self.ops_at(index)
         return ops[int(rng.integers(len(ops)))]
 
     def _random_choice(self, rng: np.random.Generator, index: int) -> BlockChoice:
-        return BlockChoice(self._random_op(rng, index), self.widths[int(rng.integers(len(self.widths)))])
+        return BlockChoice(self.random_op(rng, index), self.widths[int(rng.integers(len(self.widths)))])
 
     def mutate(self, arch: Architecture, prob: float, rng: np.random.Generator) -> Architecture:
         """Resample each block's operator and each block's width independently with probability ``prob``."""
         out = []
         for i, b in enumerate(arch.blocks):
-            op = self._random_op(rng, i) if rng.random() < prob else b.op
+            op = self.random_op(rng, i) if rng.random() < prob else b.op
             width = self.widths[int(rng.integers(len(self.widths)))] if rng.random() < prob else b.width
             out.append(BlockChoice(op, width))
         return Architecture(tuple(out))

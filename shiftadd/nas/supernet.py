@@ -251,7 +251,7 @@ class Supernet(nn.Module):
         random_path = self.space.sample(rng)
         ends = []
         for w in (max(self.space.widths), min(self.space.widths)):
-            ends.append(Architecture(tuple(BlockChoice(self.space._random_op(rng, s.index), w)
+            ends.append(Architecture(tuple(BlockChoice(self.space.random_op(rng, s.index), w)
                                            for s in self.space.slots)))
         return [ends[0], ends[1], random_path]
 
