@@ -4,8 +4,8 @@ Operators (adder, bit-shift, shift-add, spatial shift) live in :mod:`shiftadd.nn
 in :mod:`shiftadd.ops`; :func:`convert` turns any model into another operator family. The model
 zoo (:mod:`shiftadd.models`), data (:mod:`shiftadd.data`), training (:mod:`shiftadd.train`),
 energy model (:mod:`shiftadd.energy`), quantisation (:mod:`shiftadd.quant`), pruning
-(:mod:`shiftadd.prune`), fast kernels (:mod:`shiftadd.kernels`) and integer export
-(:mod:`shiftadd.export`) are imported on first use.
+(:mod:`shiftadd.prune`), fast kernels (:mod:`shiftadd.kernels`), integer export
+(:mod:`shiftadd.export`) and hybrid architecture search (:mod:`shiftadd.nas`) are imported on first use.
 """
 import importlib
 from typing import Any, Dict
@@ -21,7 +21,7 @@ from shiftadd.optim import AdderAdaptiveLR, scale_adder_gradients
 
 __version__ = "0.1.0"
 
-_LAZY = ("models", "data", "train", "energy", "quant", "prune", "kernels", "export")
+_LAZY = ("models", "data", "train", "energy", "quant", "prune", "kernels", "export", "nas")
 
 
 def __getattr__(name: str) -> Any:

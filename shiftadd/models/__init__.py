@@ -6,7 +6,7 @@ from shiftadd.models.registry import (
 )
 
 # Architecture modules register themselves on import.
-from shiftadd.models import har, mnist, resnet, shiftnet, transformer, vgg  # noqa: E402,F401
+from shiftadd.models import har, hybrid, mnist, resnet, shiftnet, transformer, vgg  # noqa: E402,F401
 
 __all__ = ["OPS", "ModelInfo", "create", "create_for_data", "data_options", "list_models", "model_info",
            "register_model", "resolve_model_name"]

@@ -77,17 +77,21 @@ class _PadShortcut(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 layers of family ``op`` with BatchNorm, plus an identity/projection shortcut."""
+    """Two 3x3 layers of family ``op`` with BatchNorm, plus an identity/projection shortcut.
+
+    ``mid_planes`` (default ``planes``) is the output width of the first layer (the block's inner width).
+    """
 
     def __init__(self, op: str, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B",
-                 layer_options: Dict[str, Any] | None = None) -> None:
+                 layer_options: Dict[str, Any] | None = None, mid_planes: int | None = None) -> None:
         super().__init__()
         from shiftadd.nn import conv_layer
 
         opts = dict(layer_options or {})
-        self.conv1 = conv_layer(op, in_planes, planes, 3, stride=stride, padding=1, bias=False, **opts)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv_layer(op, planes, planes, 3, stride=1, padding=1, bias=False, **opts)
+        mid = planes if mid_planes is None else int(mid_planes)
+        self.conv1 = conv_layer(op, in_planes, mid, 3, stride=stride, padding=1, bias=False, **opts)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = conv_layer(op, mid, planes, 3, stride=1, padding=1, bias=False, **opts)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:

@@ -1,0 +1,264 @@
+"""``shiftadd nas``: train a supernet, search it under an energy budget, show an architecture.
+
+Examples::
+
+    shiftadd nas supernet --out runs/super --depth 20 --mode heterogeneous --epochs 30
+    shiftadd nas search runs/super --energy-budget 40 --platform asic45nm --format fp32 --save-arch found.yaml
+    shiftadd nas search runs/super --multi-objective --trials 200 --storage runs/super/study.log
+    shiftadd nas show found.yaml --platform fpga_zc706 --format fix32
+    shiftadd train --model hybrid-resnet20 -O arch=found.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict
+
+from shiftadd.errors import UserError
+
+
+def _kv(text: str):
+    import yaml
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError:
+        return key, value
+
+
+def _energy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--platform", default="asic45nm", help="energy table: asic45nm, fpga_zc706 or a YAML file")
+    p.add_argument("--format", dest="fmt", default="fp32", help="number format: fp32, fp16, fix32, fix16, fix8")
+    p.add_argument("--memory", default="sram", help="memory level of the data-movement estimate (rf, sram, dram, none)")
+
+
+def register(subparsers) -> None:
+    nas = subparsers.add_parser("nas", help="hybrid architecture search (ShiftAddNAS): supernet, search, show",
+                                description=__doc__.splitlines()[0])
+    sub = nas.add_subparsers(dest="nas_command", metavar="NAS_COMMAND", parser_class=type(nas))
+    sub.required = True
+
+    p = sub.add_parser("supernet", help="train a weight-sharing supernet with the trainer (resumable)")
+    p.add_argument("--out", help="run directory (checkpoints, metrics, nas.json)")
+    p.add_argument("--resume", metavar="OUT", help="continue the supernet run saved in OUT")
+    p.add_argument("--depth", type=int, default=20, help="CIFAR ResNet depth 6n+2 (default 20)")
+    p.add_argument("--mode", default="heterogeneous", help="weight sharing: separate, shared, heterogeneous")
+    p.add_argument("--ops", default="conv,adder,shift-ps,shiftadd", help="operator choices per block")
+    p.add_argument("--widths", default="0.5,0.75,1.0", help="inner-width multipliers per block")
+    p.add_argument("--base-width", type=int, default=16, help="channels of the first stage (default 16)")
+    p.add_argument("--attention", action="store_true",
+                   help="add a multi-head self-attention choice to the stride-1 blocks of the last stage")
+    p.add_argument("--sandwich", action="store_true", help="also train the widest and narrowest path each step")
+    p.add_argument("--reg-weight", type=float, default=0.05, help="weight of the Laplace regulariser")
+    p.add_argument("--val-size", type=int, default=5000, help="training images held out for scoring candidates")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--subset", type=int, default=None, help="class-balanced subset of the training set first")
+    p.add_argument("--recipe", default="shiftaddnet")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0, help="seeds training, path sampling and the validation split")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.add_argument("--train-option", "-T", action="append", type=_kv, default=[], metavar="KEY=VALUE",
+                   help="any other training configuration key (see `shiftadd train --help`)")
+    p.set_defaults(func=_cmd_supernet)
+
+    p = sub.add_parser("search", help="search a trained supernet under an energy budget (resumable)")
+    p.add_argument("run", help="supernet run directory (from `shiftadd nas supernet`)")
+    p.add_argument("--energy-budget", type=float, default=None, metavar="UJ",
+                   help="inference energy budget per image, in microjoules")
+    _energy_args(p)
+    p.add_argument("--max-params", type=int, default=None, help="parameter budget")
+    p.add_argument("--population", type=int, default=50)
+    p.add_argument("--parents", type=int, default=10)
+    p.add_argument("--mutations", type=int, default=25)
+    p.add_argument("--crossovers", type=int, default=25)
+    p.add_argument("--generations", type=int, default=20)
+    p.add_argument("--mutate-prob", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-images", type=int, default=None, help="score on a balanced subset of the validation split")
+    p.add_argument("--recal-images", type=int, default=1024, help="training images for BatchNorm recalibration")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="search state JSON (default RUN/search-<budget>.json)")
+    p.add_argument("--save-arch", default=None, metavar="ARCH.yaml", help="write the best architecture here")
+    p.add_argument("--stop-after", type=int, default=None, metavar="N", help="stop after N generations (resumable)")
+    p.add_argument("--multi-objective", action="store_true", help="NSGA-II (Optuna): the accuracy-energy Pareto front")
+    p.add_argument("--trials", type=int, default=200, help="multi-objective: trials of the study")
+    p.add_argument("--storage", default=None,
+                   help="multi-objective: Optuna storage shared by workers (sqlite:///f.db or a journal file)")
+    p.add_argument("--study-name", default="shiftadd-nas")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("show", help="per-block table of an architecture: operator, energy share")
+    p.add_argument("arch", help="architecture YAML/JSON file")
+    _energy_args(p)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--base-width", type=int, default=16, help="channels of the first stage (default 16)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_show)
+
+
+def _space_from_args(args):
+    from shiftadd.nas.space import SearchSpace, parse_list
+
+    return SearchSpace(args.depth, parse_list(args.ops), parse_list(args.widths, float), args.base_width,
+                       args.attention)
+
+
+def _cmd_supernet(args) -> int:
+    from shiftadd.data import load_dataset
+    from shiftadd.nas.scoring import validation_split
+    from shiftadd.nas.supernet import SHARING_MODES
+    from shiftadd.train import TrainingDiverged, make_config, train
+
+    if args.resume:
+        from shiftadd.train.checkpoint import load_checkpoint_meta
+        from shiftadd.train.config import config_from_dict
+
+        out = args.resume
+        settings = _read_settings(out)
+        config = config_from_dict(load_checkpoint_meta(out)["config"])
+        for k in ("epochs", "threads", "progress"):
+            if getattr(args, k) is not None:
+                setattr(config, k, getattr(args, k))
+        if args.device != "auto":
+            config.device = args.device
+    else:
+        if not args.out:
+            raise UserError("give --out DIR for a new supernet run (or --resume DIR)")
+        out = args.out
+        if args.mode not in SHARING_MODES:
+            raise UserError(f"unknown sharing mode {args.mode!r}; choose one of: {', '.join(SHARING_MODES)}")
+        space = _space_from_args(args)
+        options = {"mode": args.mode, "ops": list(space.ops), "widths": list(space.widths),
+                   "width": space.base_width, "sandwich": args.sandwich, "seed": args.seed,
+                   "reg_weight": args.reg_weight, "attention": space.attention}
+        values: Dict[str, Any] = dict(args.train_option)
+        values.update(model=f"supernet-resnet{space.depth}", model_options=options, dataset=args.dataset,
+                      data_dir=args.data_dir, subset=args.subset, seed=args.seed, device=args.device)
+        for k in ("epochs", "batch_size", "lr", "threads", "progress"):
+            if getattr(args, k) is not None:
+                values[k] = getattr(args, k)
+        if not sys.stderr.isatty() and args.progress is None:
+            values["progress"] = False
+        config = make_config(args.recipe, values)
+        settings = {"space": space.as_dict(), "mode": args.mode, "val_size": args.val_size, "split_seed": args.seed}
+    train_set, _ = load_dataset(config.dataset, data_dir=config.data_dir, subset=config.subset, seed=config.seed)
+    train_part, val_part = validation_split(train_set, int(settings["val_size"]), int(settings["split_seed"]))
+    if not args.resume:
+        os.makedirs(out, exist_ok=True)
+        _write_settings(out, settings)
+    try:  # the held-out validation slice stands in for the test set: the supernet never sees test images
+        train(config, out, resume=bool(args.resume), data=(train_part, val_part))
+    except TrainingDiverged as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
+def _read_settings(run: str) -> Dict[str, Any]:
+    path = os.path.join(run, "nas.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{run!r} is not a supernet run of `shiftadd nas supernet` (no nas.json)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_settings(run: str, settings: Dict[str, Any]) -> None:
+    path = os.path.join(run, "nas.json")
+    if os.path.isfile(path) and _read_settings(run) != settings:
+        raise UserError(f"{run} already holds a supernet run with other settings; use --resume or another --out")
+    with open(path, "w") as f:
+        json.dump(settings, f, indent=1)
+
+
+def _cmd_search(args) -> int:
+    import torch
+
+    from shiftadd.nas.arch import Architecture
+    from shiftadd.nas.energy_table import EnergyLookup
+    from shiftadd.nas.scoring import SubnetScorer, load_supernet, split_data
+    from shiftadd.nas.search import EvolutionConfig, evolutionary_search, pareto_search
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    supernet, settings, config = load_supernet(args.run, args.device)
+    space = supernet.space
+    train_part, val_part, _ = split_data(settings, config)
+    if args.val_images is not None and args.val_images < len(val_part.labels):
+        val_part = val_part.balanced_subset(args.val_images, args.seed)
+    size = int(train_part.images.shape[-1])
+    memory = None if str(args.memory).lower() in ("none", "off", "") else args.memory
+    suffix = f"{args.platform}-{args.fmt}-{memory}-{size}".replace(os.sep, "_")
+    lookup = EnergyLookup.cached(os.path.join(args.run, f"energy-{suffix}.json"), space, args.platform, args.fmt,
+                                 memory, size, int(train_part.images.shape[1]), supernet.num_classes)
+    lookup.check_budget(args.energy_budget)
+    scorer = SubnetScorer(supernet, val_part, train_part, args.recal_images, args.batch_size, args.device, args.seed)
+    budget = "none" if args.energy_budget is None else f"{args.energy_budget:g}uJ"
+    if args.multi_objective:
+        result = pareto_search(space, scorer, lookup, args.trials, args.seed, args.storage, args.study_name,
+                               args.energy_budget, args.population)
+        out = args.out or os.path.join(args.run, f"pareto-{budget}.json")
+        with open(out, "w") as f:
+            json.dump(result, f, indent=1)
+        for row in result["pareto_front"]:
+            print(f"{row['score']:.4f}  {row['energy_uj']:.4g} uJ  {Architecture.from_key(row['arch'])}")
+        print(f"Pareto front of {len(result['pareto_front'])} architectures written to {out}")
+        best = max(result["pareto_front"], key=lambda r: r["score"]) if result["pareto_front"] else None
+    else:
+        cfg = EvolutionConfig(args.population, args.parents, args.mutations, args.crossovers, args.generations,
+                              args.mutate_prob, args.energy_budget, args.max_params, args.seed)
+        out = args.out or os.path.join(args.run, f"search-{budget}.json")
+        state = evolutionary_search(space, scorer, lookup, cfg, out, args.stop_after)
+        best = state.get("best")
+        if best is None:
+            print(f"stopped after generation {state['generation']}; continue with the same command")
+            return 0
+        print(f"best: {Architecture.from_key(best['arch'])}  score {best['score']:.4f}  "
+              f"{best['energy_uj']:.4g} uJ  {best['params']:,} parameters (state in {out})")
+    if best is not None and args.save_arch:
+        Architecture.from_key(best["arch"]).save(args.save_arch)
+        print(f"architecture written to {args.save_arch}")
+    return 0
+
+
+def _cmd_show(args) -> int:
+    from shiftadd.energy.profile import format_energy
+    from shiftadd.nas.arch import Architecture
+    from shiftadd.nas.energy_table import EnergyLookup
+    from shiftadd.nas.space import ATTENTION, SearchSpace, family_properties
+
+    arch = Architecture.load(args.arch)
+    for op in arch.ops:
+        family_properties(op)
+    ops = tuple(dict.fromkeys(("conv",) + tuple(op for op in arch.ops if op != ATTENTION)))
+    widths = tuple(sorted({1.0} | {b.width for b in arch.blocks}))
+    space = SearchSpace(arch.depth, ops, widths, args.base_width, ATTENTION in arch.ops)
+    space.validate(arch)
+    memory = None if str(args.memory).lower() in ("none", "off", "") else args.memory
+    lookup = EnergyLookup(space, args.platform, args.fmt, memory, args.image_size, 3, args.num_classes)
+    rows = lookup.breakdown(arch)
+    total, conv = lookup.energy_pj(arch), lookup.energy_pj(Architecture.uniform("conv", arch.depth))
+    if args.json:
+        print(json.dumps({"arch": arch.as_dict(), "platform": lookup.platform, "format": args.fmt, "rows": rows,
+                          "total_pj": total, "params": lookup.params(arch), "all_conv_pj": conv}, indent=1))
+        return 0
+    print(f"{arch}   ({lookup.platform}, {args.fmt}, memory {memory}, one {args.image_size}x{args.image_size} image)")
+    print(f"{'block':<16} {'stage':>5}  {'operator':<10} {'width':>5}  {'mult-free':>9}  {'energy':>10}  {'share':>6}")
+    for r in rows:
+        free = "yes" if family_properties(r["op"])["multiplication_free"] and r["stage"] != "-" else "no"
+        print(f"{r['block']:<16} {r['stage']:>5}  {r['op']:<10} {r['width']:>5g}  {free:>9}  "
+              f"{format_energy(r['energy_pj']):>10}  {100 * r['share']:5.1f}%")
+    print(f"total {format_energy(total)} ({total / 1e6:.4g} uJ), {lookup.params(arch):,} parameters; "
+          f"all-conv ResNet-{arch.depth}: {format_energy(conv)} ({100 * (1 - total / conv):.1f}% saved)")
+    return 0
