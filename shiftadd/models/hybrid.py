@@ -141,13 +141,21 @@ def _hybrid_builder(depth: int):
 
 
 def _supernet_builder(depth: int):
+    from shiftadd.nas.supernet import Supernet
+
     def build(op: str = "conv", num_classes: int = 10, **options: Any) -> nn.Module:
         from shiftadd.errors import UserError
-        from shiftadd.nas.supernet import Supernet
 
         if op != "conv":
             raise UserError("the supernet's operators are chosen with -O ops=[...], not with --op")
         return Supernet.from_options(depth, num_classes=num_classes, **options)
+
+    # the registry reads a builder's options from its signature: show from_options' keywords
+    import inspect
+
+    params = [p for p in inspect.signature(Supernet.from_options).parameters.values() if p.name not in ("cls", "depth")]
+    op_param = inspect.Parameter("op", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="conv")
+    build.__signature__ = inspect.Signature([op_param] + params)  # type: ignore[attr-defined]
 
     build.__doc__ = (f"Weight-sharing supernet of the hybrid ResNet-{depth} space (shiftadd.nas). Options: "
                      "mode=separate|shared|heterogeneous, ops=[...], widths=[...], sandwich, seed, reg_weight.")

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Tuple, Union
 
 from shiftadd.errors import UserError
 
-ArchLike = Union["Architecture", Mapping[str, Any], str, "os.PathLike[str]"]
+ArchLike = Union["Architecture", Mapping[str, Any], str, os.PathLike]
 
 
 @dataclass(frozen=True)
