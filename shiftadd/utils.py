@@ -57,4 +57,15 @@ def replace_module(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
     return root
 
 
-__all__ = ["IntOrTuple", "Patterns", "as_tuple", "pair", "as_patterns", "name_matches", "replace_module"]
+__all__ = ["IntOrTuple", "Patterns", "as_tuple", "pair", "as_patterns", "name_matches", "replace_module", "sha256_file"]
+
+
+def sha256_file(path: str) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

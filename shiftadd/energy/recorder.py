@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from shiftadd.energy.records import WEIGHT_KINDS, LayerOps, OpCounts
 from shiftadd.energy.rules import (
+    _numel,
     FUNCTION_RULES, LAYOUT_FNS, OPTIMIZER_OPS, CostRule, FunctionCall, LayerCall, count_quantisers,
     find_cost_rule, quantised_weight_bits,
 )
@@ -38,14 +39,6 @@ def _first_tensor(args: Sequence[Any]) -> Optional[torch.Tensor]:
         if isinstance(a, torch.Tensor):
             return a
     return None
-
-
-def _numel(t: Any) -> int:
-    if isinstance(t, torch.Tensor):
-        return int(t.numel())
-    if isinstance(t, (tuple, list)):
-        return sum(_numel(x) for x in t)
-    return 0
 
 
 def _output_tensor(out: Any) -> Optional[torch.Tensor]:

@@ -13,7 +13,6 @@ Folders searched, first match wins: ``$SHIFTADD_WEIGHTS`` (``os.pathsep``-separa
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from shiftadd.errors import CheckpointError, UserError
+from shiftadd.utils import sha256_file
 
 CARD_FORMAT = "shiftadd-model-card"
 CARD_VERSION = 1
@@ -107,14 +107,6 @@ def load_card(name: str) -> ModelCard:
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"cannot read model card {path}: {exc}") from None
     return ModelCard.from_json(data, path)
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_state_dict(name: str) -> Tuple[ModelCard, Dict[str, torch.Tensor]]:

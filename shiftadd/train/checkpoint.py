@@ -14,7 +14,6 @@ previous checkpoint intact.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import random
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from shiftadd.errors import CheckpointError
+from shiftadd.utils import sha256_file
 
 FORMAT = "shiftadd-checkpoint"
 VERSION = 1
@@ -91,14 +91,6 @@ def _join_optimizer_state(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]
 
 
 # --------------------------------------------------------------------------- files
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fsync(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -147,7 +139,7 @@ def save_checkpoint(out_dir: str, model: torch.nn.Module, optimizer: Optional[to
     _fsync(tmp)
     os.replace(tmp, final)
     doc = dict(meta)
-    doc.update({"format": FORMAT, "version": VERSION, "tensors": name, "sha256": _sha256(final),
+    doc.update({"format": FORMAT, "version": VERSION, "tensors": name, "sha256": sha256_file(final),
                 "optimizer": opt_meta, "rng": rng_meta})
     meta_path = os.path.join(out_dir, META_NAME)
     atomic_write_text(meta_path, json.dumps(doc, indent=1, sort_keys=True))
@@ -230,7 +222,7 @@ def load_checkpoint(path: str, map_location: Union[str, torch.device] = "cpu") -
     tensor_path = os.path.join(os.path.dirname(meta_path), str(meta.get("tensors", "")))
     if not os.path.isfile(tensor_path):
         raise CheckpointError(f"checkpoint tensors missing: {tensor_path}")
-    if meta.get("sha256") and _sha256(tensor_path) != meta["sha256"]:
+    if meta.get("sha256") and sha256_file(tensor_path) != meta["sha256"]:
         raise CheckpointError(f"checkpoint tensors are corrupt (checksum mismatch): {tensor_path}")
     try:
         tensors = load_file(tensor_path, device="cpu")
