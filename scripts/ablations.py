@@ -7,7 +7,7 @@ curves.png under ``runs/ablations/<name>``); this script only lists them, runs t
     python scripts/ablations.py run --data ../shared/data/cifar10-jpeg.tar.gz --jobs 2 [--only base,fix,prune]
     python scripts/ablations.py list
 
-The analyses (energy, shared-scale quantisation, histograms, tables, plots) are in
+The analyses (energy, shared-scale quantization, histograms, tables, plots) are in
 ``scripts/ablations_report.py``.
 
 Budget (the same for every variant): ResNet-20, a class-balanced 8,000-image subset of the CIFAR-10

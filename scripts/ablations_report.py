@@ -1,4 +1,4 @@
-"""Analyse the runs of scripts/ablations.py: accuracy, energy, pruning, shared-scale quantisation, weight
+"""Analyse the runs of scripts/ablations.py: accuracy, energy, pruning, shared-scale quantization, weight
 statistics. Writes docs/ablations/results.json, docs/ablations/tables.md and the plots in docs/ablations/.
 
     python scripts/ablations_report.py [--threads 2]
@@ -122,7 +122,7 @@ def pruning() -> Dict[str, Dict[str, Any]]:
 
 
 def shared_scale_ptq() -> Dict[str, Dict[str, Any]]:
-    """Post-training shared-scale quantisation of the trained adder / shift-add networks."""
+    """Post-training shared-scale quantization of the trained adder / shift-add networks."""
     from shiftadd.train.runs import shared_scale_sweep
 
     rows = {}
@@ -249,7 +249,7 @@ def plots(results: Dict[str, Any]) -> None:
             xs = ["float"] + [f"int{b}" for b in PTQ_BITS]
             ax.plot(xs, [100 * r[x] for x in xs], "o-", label=f"{r['op']}, {r['scale']} scale")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title("post-training shared-scale quantisation of the adder layers")
+        ax.set_title("post-training shared-scale quantization of the adder layers")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -334,7 +334,7 @@ def tables(results: Dict[str, Any]) -> str:
                          f"{pct(s.get('acc_pruned'))} | {pct(s.get('acc_finetuned'))} |")
     pq = results["ptq"]
     if pq:
-        lines += ["", "### 4. Post-training shared-scale quantisation of the adder layers", "",
+        lines += ["", "### 4. Post-training shared-scale quantization of the adder layers", "",
                   "| network | scale | float | " + " | ".join(f"int{b}" for b in PTQ_BITS) + " |",
                   "|---|---|---:|" + "---:|" * len(PTQ_BITS)]
         for r in pq.values():

@@ -3,7 +3,7 @@
 Operators (adder, bit-shift, shift-add, spatial shift) live in :mod:`shiftadd.nn`, their math
 in :mod:`shiftadd.ops`; :func:`convert` turns any model into another operator family. The model
 zoo (:mod:`shiftadd.models`), data (:mod:`shiftadd.data`), training (:mod:`shiftadd.train`),
-energy model (:mod:`shiftadd.energy`), quantisation (:mod:`shiftadd.quant`), pruning
+energy model (:mod:`shiftadd.energy`), quantization (:mod:`shiftadd.quant`), pruning
 (:mod:`shiftadd.prune`), fast kernels (:mod:`shiftadd.kernels`), integer export
 (:mod:`shiftadd.export`) and hybrid architecture search (:mod:`shiftadd.nas`) are imported on first use.
 """

@@ -192,7 +192,7 @@ def test_stochastic_round_values_is_unbiased_and_seeded():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("fmt", [(4, 4, True), (1, 7, True), (8, 0, False), (3, 13, True), (2, 3, False),
                                  (10, 20, True)])
-def test_fixed_point_quantiser_and_fake_quantize_are_one_implementation(dtype, fmt):
+def test_fixed_point_quantizer_and_fake_quantize_are_one_implementation(dtype, fmt):
     int_bits, frac_bits, signed = fmt
     torch.manual_seed(0)
     x = (torch.randn(3000) * 2.0 ** int_bits).to(dtype)

@@ -1,5 +1,5 @@
 """Device-independent GPU readiness, checked on the CPU: shape propagation on the ``meta`` device,
-device moves that keep buffers/masks/quantiser state, checkpoints loaded onto a chosen device,
+device moves that keep buffers/masks/quantizer state, checkpoints loaded onto a chosen device,
 adder layers under autocast (float32 accumulation), and honest dispatch (a warning, once per
 reason, and an entry in shiftadd.backends(), whenever a tensor misses its device's fast kernel).
 """
@@ -95,7 +95,7 @@ def test_models_train_step_on_meta(op):
     out.sum().backward()
 
 
-def test_shared_scale_quantiser_on_meta():
+def test_shared_scale_quantizer_on_meta():
     with META:
         model = create("resnet8", op="adder")
     done = Q.shared_scale(model, 8, range_from="weight")  # an input range needs calibration data
@@ -112,7 +112,7 @@ def _compressed_model() -> nn.Module:
     return model
 
 
-def test_to_meta_and_back_keeps_masks_buffers_and_quantisers():
+def test_to_meta_and_back_keeps_masks_buffers_and_quantizers():
     model = _compressed_model()
     before = {k: (v.dtype, v.shape) for k, v in model.state_dict().items()}
     assert any(k.endswith("pruning.mask") for k in before)
@@ -157,7 +157,7 @@ def test_cuda_checkpoint_loads_on_cpu_and_back(tmp_path):
     model.eval()
     want = model(x)
     gpu = model.to("cuda")
-    torch.testing.assert_close(gpu(x.cuda()).cpu(), want, rtol=1e-4, atol=1e-3)  # masks, quantisers moved
+    torch.testing.assert_close(gpu(x.cuda()).cpu(), want, rtol=1e-4, atol=1e-3)  # masks, quantizers moved
     save_checkpoint(str(tmp_path), gpu, None, {"epoch": 0})
     for where in ("cpu", "cuda"):
         ck = load_checkpoint(str(tmp_path), map_location=where)

@@ -192,7 +192,7 @@ def test_shift_closed_form_counts_nonzero_weights(cin, cout, k, s, p, d, g, bias
         assert quant == {"abs": w, "cmp": 4 * w, "add": w, "shift": w}
 
 
-def test_shift_activation_quantiser_counted():
+def test_shift_activation_quantizer_counted():
     layer = ShiftConv2d(4, 4, 3, padding=1, activation_bits=(3, 4))
     _, recs = layer_counts(layer, (1, 4, 6, 6))
     n_in = 4 * 36
@@ -212,7 +212,7 @@ def test_shiftadd_closed_form(fixed):
     assert [r.name for r in recs] == ["1.shift", "1.adder"]
     assert phase(recs, "forward") == {"shift": S, "add": S + 2 * Ta, "abs": Ta}
     assert phase(recs, "grad_input") == {"shift": S, "add": S + 2 * Ta, "mult": Ta, "cmp": 2 * Ta}
-    if fixed:  # frozen shift weights: no weight gradient, no quantiser work
+    if fixed:  # frozen shift weights: no weight gradient, no quantizer work
         assert phase(recs, "grad_weight") == {"mult": Ta, "add": 2 * Ta}
         assert "weight_quant" not in recs[0].roles("update")
     else:
@@ -416,13 +416,13 @@ def test_shift_networks_have_no_uncounted_entries(name, options):
     assert c.params == sum(p.numel() for p in model.parameters())
 
 
-# ---------------------------------------------------------------- quantisers and pruning masks
+# ---------------------------------------------------------------- quantizers and pruning masks
 
 def _by_name(c, kinds=("conv", "linear", "adder", "shift")):
     return {r.name: r for r in c.layers if r.kind in kinds}
 
 
-def test_quantized_model_counts_quantisers_per_phase():
+def test_quantized_model_counts_quantizers_per_phase():
     from shiftadd.models import create
     from shiftadd.quant import quantize_model
 
@@ -447,7 +447,7 @@ def test_quantized_model_counts_quantisers_per_phase():
         if name != "conv1":  # the first layer's input needs no gradient
             assert r.roles("grad_input")["quant_act"] == {"cmp": n_in}
         layer = model.get_submodule(name)
-        if r.kind == "shift":  # its own weight_bits govern: no weight quantiser; shift and sign gradients
+        if r.kind == "shift":  # its own weight_bits govern: no weight quantizer; shift and sign gradients
             assert "quant_weight" not in r.roles("update") and r.weight_bits == layer.weight_bits
             assert r.roles("update")["quant_weight_grad"] == q(2 * layer.weight.numel())
         else:
@@ -456,7 +456,7 @@ def test_quantized_model_counts_quantisers_per_phase():
             assert r.roles("update")["quant_weight"] == {**w, "cmp": w["cmp"] + k}  # + straight-through mask
             assert r.roles("update")["quant_weight_grad"] == q(k)
             assert r.weight_bits == 8
-    # inference pays for the input quantisers only; the stored weights are already quantised
+    # inference pays for the input quantizers only; the stored weights are already quantized
     extra = {}
     for r in after.values():
         for op, n in r.roles("forward")["quant_act"].items():
@@ -469,7 +469,7 @@ def test_quantized_model_counts_quantisers_per_phase():
     assert sum(roles.values()) == pytest.approx(p.compute_pj)
 
 
-def test_quantiser_scale_and_fixed_range():
+def test_quantizer_scale_and_fixed_range():
     from shiftadd.quant import QuantConfig, TensorQuant, quantize_model
 
     conv = nn.Conv2d(4, 6, 3, padding=1, bias=False)
@@ -483,11 +483,11 @@ def test_quantiser_scale_and_fixed_range():
     assert r.roles("update")["quant_weight"] == {"mult": k, "add": k, "cmp": 4 * k, "abs": k}  # free scale
     assert "quant_grad_output" not in r.roles("grad_input") and "quant_weight_grad" not in r.roles("update")
     assert r.weight_bits == 6
-    conv.weight.requires_grad_(False)  # frozen weights are quantised once, not every step
+    conv.weight.requires_grad_(False)  # frozen weights are quantized once, not every step
     assert "quant_weight" not in count_ops(model, (2, 4, 5, 5), optimizer=None).layer("1").roles("update")
 
 
-def test_shared_scale_quantiser_counted():
+def test_shared_scale_quantizer_counted():
     from shiftadd.models import create
     from shiftadd.quant import shared_scale
 

@@ -48,7 +48,7 @@ def test_integer_modules_match_float_layers(kernel_path):
         y = isc(x)
     assert torch.equal(y, sim.float())  # exact value, rounded once to float32
     torch.testing.assert_close(y, sc(x), atol=1e-4, rtol=1e-4)
-    # adder: shared-scale int8 is close to the float layer (quantisation error only)
+    # adder: shared-scale int8 is close to the float layer (quantization error only)
     ad = AdderConv2d(4, 5, 3, padding=1)
     with torch.no_grad():
         ad.weight.mul_(0.5)
@@ -65,8 +65,8 @@ def test_integer_modules_match_float_layers(kernel_path):
 
 
 @pytest.mark.parametrize("scale", ["pow2", "free"])
-def test_int8_module_reproduces_shared_scale_quantiser(kernel_path, scale):
-    # shiftadd.quant's shared-scale simulation (fake quantisation in float) vs the int8 kernel
+def test_int8_module_reproduces_shared_scale_quantizer(kernel_path, scale):
+    # shiftadd.quant's shared-scale simulation (fake quantization in float) vs the int8 kernel
     from shiftadd.nn import AdderConv2d, AdderLinear
     from shiftadd.quant import shared_scale
 
@@ -199,7 +199,7 @@ def test_kernels_import_nothing_above_them():
     bad = [(f.name, m) for f in files for m in _imported_modules(f)
            if any(m == p or m.startswith(p + ".") for p in FORBIDDEN_IN_KERNELS)]
     assert bad == []
-    # at run time too: importing every kernels module loads no quantisation, export or training code
+    # at run time too: importing every kernels module loads no quantization, export or training code
     code = ("import sys, shiftadd.kernels, shiftadd.kernels.integer, shiftadd.kernels.bench, "
             "shiftadd.kernels.cpu_backend; print(','.join(m for m in sys.modules if m.startswith('shiftadd')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -233,7 +233,7 @@ def test_int8_adder_conv_is_bit_exact(ext, isa, cfg):
     ref, _, _ = adder_conv2d_with_grads(qx.double(), qw.double(), torch.zeros(y.shape, dtype=torch.float64),
                                         s, p, d, g)
     assert torch.equal(y.double(), ref)
-    # simulated quantisation in float: with a power-of-two shared scale, s * int == float adder exactly
+    # simulated quantization in float: with a power-of-two shared scale, s * int == float adder exactly
     sc = 2.0 ** -6
     sim, _, _ = adder_conv2d_with_grads(qx.float() * sc, qw.float() * sc, torch.zeros(y.shape), s, p, d, g)
     assert torch.equal(y.float() * sc, sim)

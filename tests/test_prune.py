@@ -242,7 +242,7 @@ def test_sparsity_report_and_skipped_operations():
     assert "total" in text and "[adder]" in text
 
 
-def test_pruning_and_quantisation_compose():
+def test_pruning_and_quantization_compose():
     torch.manual_seed(0)
     layer = AdderLinear(8, 4)
     prune(layer, 0.5, layer_types=("adder",))

@@ -159,7 +159,7 @@ def test_straight_through_gradient_is_zero_where_clipped():
     assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
 
 
-def test_quantize_grad_is_identity_forward_and_quantises_the_gradient():
+def test_quantize_grad_is_identity_forward_and_quantizes_the_gradient():
     torch.manual_seed(0)
     x = torch.randn(3, 7, requires_grad=True)
     c = torch.randn(3, 7)
@@ -177,7 +177,7 @@ def test_config_validation_and_presets():
         assert c.grad_output.rounding == "stochastic" and c.weight.rounding == "deterministic"
         assert c.weight.scale == "pow2" and QuantConfig.from_dict(c.to_dict()) == c
     assert not preset("float").enabled
-    with pytest.raises(ValueError, match="unknown quantisation preset"):
+    with pytest.raises(ValueError, match="unknown quantization preset"):
         preset("fix64")
     with pytest.raises(ValueError, match="bits"):
         TensorQuant(bits=1)
@@ -187,7 +187,7 @@ def test_config_validation_and_presets():
         TensorQuant(scale="free", frac_bits=3)
 
 
-# ----------------------------------------------------------------------------- quantisation-aware layers
+# ----------------------------------------------------------------------------- quantization-aware layers
 def _net():
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), ShiftAddConv2d(8, 8, 3, padding=1),
                          nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 6 * 6, 5))
@@ -242,7 +242,7 @@ def test_per_layer_type_config():
         quantize_model(m, {"adder": "fix8", "weights": None})
 
 
-def test_adder_forward_uses_quantised_weight_and_input():
+def test_adder_forward_uses_quantized_weight_and_input():
     torch.manual_seed(0)
     layer = AdderConv2d(4, 6, 3, padding=1)
     x = torch.randn(2, 4, 5, 5)
@@ -252,7 +252,7 @@ def test_adder_forward_uses_quantised_weight_and_input():
     assert torch.equal(layer(x), ref)
 
 
-def test_shift_layer_keeps_its_power_of_two_weight_and_quantises_the_input():
+def test_shift_layer_keeps_its_power_of_two_weight_and_quantizes_the_input():
     torch.manual_seed(0)
     layer = ShiftConv2d(4, 6, 3, padding=1)
     x = torch.randn(2, 4, 5, 5)
@@ -271,7 +271,7 @@ def test_activation_fixed_format_clips_inside_the_model():
     assert y.item() == 7.9375 - 8 + 0.5
 
 
-def test_output_error_and_weight_gradient_are_quantised():
+def test_output_error_and_weight_gradient_are_quantized():
     torch.manual_seed(0)
     ref = AdderLinear(6, 4)
     q = copy.deepcopy(ref)
@@ -279,7 +279,7 @@ def test_output_error_and_weight_gradient_are_quantised():
     x = torch.randn(5, 6)
     g = torch.randn(5, 4)
     x_ref, x_q = x.clone().requires_grad_(), x.clone().requires_grad_()
-    # reference: the same adder fed with the quantised output error
+    # reference: the same adder fed with the quantized output error
     adder_linear(x_ref, ref.weight).backward(fake_quantize(g, DET8))
     q(x_q).backward(g)
     assert torch.equal(x_q.grad, x_ref.grad)
@@ -287,7 +287,7 @@ def test_output_error_and_weight_gradient_are_quantised():
     assert q.weight.grad.unique().numel() <= 256
 
 
-def test_shift_ps_parameter_gradients_are_quantised():
+def test_shift_ps_parameter_gradients_are_quantized():
     torch.manual_seed(0)
     ref = ShiftConv2d(3, 4, 3)
     q = copy.deepcopy(ref)
@@ -305,7 +305,7 @@ def test_backward_8bit_linear_layer_gradients_on_grid():
     quantize_model(layer, "fix8")
     x = torch.randn(16, 10, requires_grad=True)
     layer(x).pow(2).sum().backward()
-    s = compute_scale(layer.weight.grad, DET8).item()  # the grid of the quantised weight gradient
+    s = compute_scale(layer.weight.grad, DET8).item()  # the grid of the quantized weight gradient
     assert _is_on_grid(layer.weight.grad, s) and layer.weight.grad.abs().max() <= 127 * s
 
 
@@ -431,10 +431,10 @@ def test_evaluate_bit_widths_error_grows_as_bits_shrink():
     assert not quantized_layers(net)  # the model itself is untouched
 
 
-def test_shared_scale_conflicts_and_combination_with_backward_quantisers():
+def test_shared_scale_conflicts_and_combination_with_backward_quantizers():
     m = AdderLinear(3, 2)
     quantize_model(m, "fix8")
-    with pytest.raises(ValueError, match="already quantises"):
+    with pytest.raises(ValueError, match="already quantizes"):
         shared_scale(m, 8)
     dequantize_model(m)
     shared_scale(m, 8, [torch.randn(4, 3)])

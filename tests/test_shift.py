@@ -105,7 +105,7 @@ def test_fixed_point_activation_clips_rounds_and_passes_gradient_inside_range(si
     assert torch.all(x.grad[inside] == 1) and torch.all(x.grad[(x < lo) | (x > hi)] == 0)
 
 
-def test_conv_uses_effective_weight_and_quantised_input():
+def test_conv_uses_effective_weight_and_quantized_input():
     torch.manual_seed(1)
     m = ShiftConv2d(3, 5, 3, stride=2, padding=1, bias=True, activation_bits=(4, 4))
     x = torch.randn(2, 3, 9, 9)

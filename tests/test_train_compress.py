@@ -42,7 +42,7 @@ def base_run(tmp_path_factory, tiny_data):
     return out
 
 
-def test_quant_option_trains_with_fixed_point_quantisers_and_they_come_back_on_resume(tmp_path, tiny_data):
+def test_quant_option_trains_with_fixed_point_quantizers_and_they_come_back_on_resume(tmp_path, tiny_data):
     full = train(_cfg(quant="fix8"), str(tmp_path / "full"), data=tiny_data, log=_quiet)
     layers = quantized_layers(full.model)
     assert layers and all(v["config"].activation.bits == 8 and v["config"].grad_output.bits == 8
@@ -59,12 +59,12 @@ def test_quant_option_trains_with_fixed_point_quantisers_and_they_come_back_on_r
     assert quantized_layers(resumed.model).keys() == layers.keys()
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    # evaluating the checkpoint quantises the same way: same accuracy as the run's last epoch
+    # evaluating the checkpoint quantizes the same way: same accuracy as the run's last epoch
     ev = evaluate_checkpoint(str(tmp_path / "full"), data=tiny_data)
     assert ev["acc"] == pytest.approx(full.final["test_acc"])
 
 
-def test_quantisation_changes_training(tmp_path, tiny_data):
+def test_quantization_changes_training(tmp_path, tiny_data):
     plain = train(_cfg(epochs=1), None, data=tiny_data, log=_quiet)
     fix4 = train(_cfg(epochs=1, quant="fix4"), None, data=tiny_data, log=_quiet)
     assert plain.final["train_loss"] != fix4.final["train_loss"]

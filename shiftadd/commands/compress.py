@@ -2,7 +2,7 @@
 
 * ``prune``: magnitude/random pruning of a run's weights, accuracy before and after, sparsity per
   layer, optional fine-tuning (masks kept) into a new run;
-* ``quantize``: post-training shared-scale quantisation of the adder layers (one scale for input and
+* ``quantize``: post-training shared-scale quantization of the adder layers (one scale for input and
   weight, so the adders work on integers), accuracy at each bit width.
 
 Fixed-point training itself is ``shiftadd train --quant fix8`` (see shiftadd.train.compress).
@@ -45,8 +45,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=_cmd_prune)
 
     p = subparsers.add_parser(
-        "quantize", help="post-training shared-scale quantisation of a run's adder layers: accuracy per bit width",
-        description="Quantise every adder layer of a trained run with one scale shared by input and weight "
+        "quantize", help="post-training shared-scale quantization of a run's adder layers: accuracy per bit width",
+        description="Quantize every adder layer of a trained run with one scale shared by input and weight "
                     "(AdderNet hardware paper), calibrated on a few training batches, and report test accuracy "
                     "in float and at each bit width.")
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="run directory of the trained model")
@@ -144,7 +144,7 @@ def _cmd_quantize(args) -> int:
     if args.json:
         print(json.dumps({"checkpoint": args.checkpoint, "scale": args.scale, "test_images": n, "accuracy": res}))
         return 0
-    print(f"shared-scale adder quantisation ({args.scale} scale) of {args.checkpoint}, {n} test images:")
+    print(f"shared-scale adder quantization ({args.scale} scale) of {args.checkpoint}, {n} test images:")
     for k, v in res.items():
         print(f"  {k:>6}: {100 * v:6.2f}%" + ("" if k == "float" else f"  ({100 * (v - res['float']):+.2f})"))
     return 0

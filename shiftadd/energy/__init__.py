@@ -6,7 +6,7 @@
 
 * :func:`count_ops` (:mod:`~shiftadd.energy.recorder`) counts, per layer, the multiplications,
   additions, shifts, absolute values and comparisons of inference and of training (forward, input and weight
-  gradients, quantisers, adaptive learning rate, optimizer update) into the records of
+  gradients, quantizers, adaptive learning rate, optimizer update) into the records of
   :mod:`~shiftadd.energy.records`, with the cost rules of :mod:`~shiftadd.energy.rules`
   (:func:`register_cost_rule` / :func:`cost_rule` per module type, or a module's own ``op_counts``;
   :func:`function_rule` per torch function name).

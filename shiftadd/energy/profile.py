@@ -296,7 +296,7 @@ def training_energy(model: nn.Module, input_shape: Sequence[int], num_samples_se
                     grad_fmt: Optional[str] = None) -> RunEnergy:
     """Energy of training ``model`` on ``num_samples_seen`` samples in batches of ``input_shape[0]``.
 
-    = samples x (forward + backward of one sample) + steps x (quantisers, adaptive LR,
+    = samples x (forward + backward of one sample) + steps x (quantizers, adaptive LR,
     optimizer update), steps = ceil(samples / batch). Call it after a run, e.g. with
     ``input_shape=(batch_size, 3, 32, 32)``.
     """

@@ -4,7 +4,7 @@ One forward pass of a batch of one sample is run with hooks:
 
 * module hooks count the layers that have a cost rule (:mod:`shiftadd.energy.rules`: registered
   per module type, or the module's own ``op_counts``); calls made inside such a layer (its own
-  torch functions and child modules, the quantisers and pruning masks attached by
+  torch functions and child modules, the quantizers and pruning masks attached by
   shiftadd.quant / shiftadd.prune) are part of its count, never counted again;
 * a ``TorchFunctionMode`` counts the functional calls made *outside* those layers (the
   residual ``out + shortcut``, ``F.relu``, ``F.adaptive_avg_pool2d``, ``F.conv2d`` /
@@ -27,8 +27,8 @@ from torch.overrides import TorchFunctionMode
 from shiftadd.energy.records import WEIGHT_KINDS, LayerOps, OpCounts
 from shiftadd.energy.rules import (
     _numel,
-    FUNCTION_RULES, LAYOUT_FNS, OPTIMIZER_OPS, CostRule, FunctionCall, LayerCall, count_quantisers,
-    find_cost_rule, quantised_weight_bits,
+    FUNCTION_RULES, LAYOUT_FNS, OPTIMIZER_OPS, CostRule, FunctionCall, LayerCall, count_quantizers,
+    find_cost_rule, quantized_weight_bits,
 )
 from shiftadd.errors import UserError
 from shiftadd.nn import ADDER_TYPES
@@ -122,8 +122,8 @@ class _Recorder(TorchFunctionMode):
             rec.bias_elems = _numel(getattr(m, "bias", None))
         rule.count(rec, call)
         if weight_layer:
-            rec.weight_bits = rec.weight_bits or quantised_weight_bits(m)
-            count_quantisers(rec, m, call.in_numel, call.out_numel, call.input_grad,
+            rec.weight_bits = rec.weight_bits or quantized_weight_bits(m)
+            count_quantizers(rec, m, call.in_numel, call.out_numel, call.input_grad,
                              isinstance(y, torch.Tensor) and y.requires_grad)
 
     # ---- functional calls outside counted layers
@@ -221,7 +221,7 @@ def count_ops(model: nn.Module, input_shape: Sequence[int], optimizer: Optional[
     try:
         for m in model.modules():
             rec.rules[m] = find_cost_rule(m)
-            # first of the pre-hooks: the transforms of shiftadd.quant (quantisers, pruning masks) run
+            # first of the pre-hooks: the transforms of shiftadd.quant (quantizers, pruning masks) run
             # inside the layer's count, not as functional calls of their own
             handles.append(m.register_forward_pre_hook(rec.pre_hook, prepend=True))
             handles.append(m.register_forward_hook(rec.post_hook, always_call=True))

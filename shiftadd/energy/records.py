@@ -3,7 +3,7 @@
 Counts are kept per phase and role: ``items[(phase, role)] = {op: count}``. Ops are the names
 priced by the energy tables (``mult``, ``add``, ``shift``, ``abs``, ``cmp``) and the data-movement
 ops of :data:`MEMORY_OPS` (``move``). Roles name what the work is for: ``main`` (the layer's own
-arithmetic), ``bias``, ``act_quant``, ``weight_quant``, ``adaptive_lr``, the quantiser roles of
+arithmetic), ``bias``, ``act_quant``, ``weight_quant``, ``adaptive_lr``, the quantizer roles of
 :data:`shiftadd.energy.rules.QUANT_ROLES` and ``optimizer``.
 """
 from __future__ import annotations

@@ -61,18 +61,18 @@ Input gradient: the opposite shift, the same counts. Shift gradient of active an
 per output element. Per-channel work (rounding the shifts, interpolation weights, gradient
 normalisation, the L1 penalty) is not counted.
 
-Quantisers of shiftadd.quant (roles :data:`QUANT_ROLES`): quantising n elements costs n
+Quantizers of shiftadd.quant (roles :data:`QUANT_ROLES`): quantizing n elements costs n
 (shift for a power-of-two scale, else mult) + n add (round) + 2n cmp (clamp), plus n abs + n cmp
-when the range max|x| is found at run time. The input is quantised every pass (forward; 1 cmp per
+when the range max|x| is found at run time. The input is quantized every pass (forward; 1 cmp per
 element for the straight-through backward), the output error per sample (grad_input phase), the
-weight and the weight gradient once per training step ("update"); a quantised weight is stored at
-the quantiser's bits. A pruning mask costs nothing (it selects stored zeros).
+weight and the weight gradient once per training step ("update"); a quantized weight is stored at
+the quantizer's bits. A pruning mask costs nothing (it selects stored zeros).
 
 A pruned (zero) adder weight still costs |x - 0|; a zero (or masked) shift weight costs nothing. Bias:
 one add per output element. The sign of a shift weight and the minus of the adder output
 are folded into the accumulation (an add becomes a subtract) and cost nothing extra.
 
-Training only, once per step ("update" phase): weight quantisers of shift layers, the
+Training only, once per step ("update" phase): weight quantizers of shift layers, the
 chain rule of DeepShift-PS (dL/dp = dL/dw * w * ln2, dL/ds = dL/dw * 2^p), AdderNet's
 adaptive learning rate (a norm and a rescale of each adder layer's gradient) and the
 optimizer's update (:data:`OPTIMIZER_OPS`). BatchNorm, activations, pooling and residual adds
@@ -95,7 +95,7 @@ from shiftadd.energy.records import MEMORY_OPS, PHASES, Counts, LayerOps
 from shiftadd.errors import UserError
 from shiftadd.nn import ADDER_TYPES, SHIFT_TYPES, SHIFTADD_TYPES, SPATIAL_SHIFT_TYPES
 
-#: Role of each quantised tensor of a layer (see :func:`count_quantisers`).
+#: Role of each quantized tensor of a layer (see :func:`count_quantizers`).
 QUANT_ROLES = {"activation": "quant_act", "weight": "quant_weight", "grad_output": "quant_grad_output",
                "weight_grad": "quant_weight_grad"}
 
@@ -459,14 +459,14 @@ register_cost_rule((nn.Identity, nn.Flatten, nn.Unflatten, nn.ZeroPad2d, nn.Cons
                    "free")
 
 
-# --------------------------------------------------------------------------- quantisers of a weight layer
+# --------------------------------------------------------------------------- quantizers of a weight layer
 
-def _quantised_tensors(t: nn.Module) -> List[Tuple[str, Any, bool]]:
-    """(tensor kind, TensorQuant, range found at run time?) of each tensor that transform ``t`` quantises.
+def _quantized_tensors(t: nn.Module) -> List[Tuple[str, Any, bool]]:
+    """(tensor kind, TensorQuant, range found at run time?) of each tensor that transform ``t`` quantizes.
 
-    A LayerQuantizer quantises the tensors of its config (not the weight of a bit-shift layer,
+    A LayerQuantizer quantizes the tensors of its config (not the weight of a bit-shift layer,
     whose own ``weight_bits`` govern); a SharedScaleQuantizer the input (calibrated range) and
-    the weight (range max|w|). Other transforms (pruning masks) quantise nothing.
+    the weight (range max|w|). Other transforms (pruning masks) quantize nothing.
     """
     from shiftadd.quant.qat import LayerQuantizer
     from shiftadd.quant.shared import SharedScaleQuantizer
@@ -482,23 +482,23 @@ def _quantised_tensors(t: nn.Module) -> List[Tuple[str, Any, bool]]:
 
 
 def _layer_transforms(m: nn.Module) -> List[nn.Module]:
-    """The transforms (quantisers, pruning masks) attached to layer ``m`` by shiftadd.quant / shiftadd.prune."""
+    """The transforms (quantizers, pruning masks) attached to layer ``m`` by shiftadd.quant / shiftadd.prune."""
     from shiftadd.quant.hooks import transforms
 
     return transforms(m)
 
 
-def quantised_weight_bits(m: nn.Module) -> Optional[int]:
-    """Storage bits of a weight that an attached quantiser rounds to a fixed-point format (None: none does)."""
+def quantized_weight_bits(m: nn.Module) -> Optional[int]:
+    """Storage bits of a weight that an attached quantizer rounds to a fixed-point format (None: none does)."""
     for t in _layer_transforms(m):
-        for tensor, spec, _ in _quantised_tensors(t):
+        for tensor, spec, _ in _quantized_tensors(t):
             if tensor == "weight":
                 return int(spec.bits)
     return None
 
 
-def _quantiser_ops(spec: Any, n: int, runtime_range: bool) -> Counts:
-    """Quantising ``n`` elements to ``spec``, q = clamp(round(x / s), qmin, qmax).
+def _quantizer_ops(spec: Any, n: int, runtime_range: bool) -> Counts:
+    """Quantizing ``n`` elements to ``spec``, q = clamp(round(x / s), qmin, qmax).
 
     Per element: the scaling (a shift for a power-of-two scale, else a mult), the rounding (an
     add) and the clamp (2 cmp); a range found at run time (max|x|) adds 1 abs + 1 cmp. The
@@ -511,13 +511,13 @@ def _quantiser_ops(spec: Any, n: int, runtime_range: bool) -> Counts:
     return ops
 
 
-def count_quantisers(rec: LayerOps, m: nn.Module, in_numel: int, out_numel: int, input_grad: bool,
+def count_quantizers(rec: LayerOps, m: nn.Module, in_numel: int, out_numel: int, input_grad: bool,
                      output_grad: bool) -> None:
-    """The quantisers attached to layer ``m`` (roles :data:`QUANT_ROLES`).
+    """The quantizers attached to layer ``m`` (roles :data:`QUANT_ROLES`).
 
     Input: every element of every pass (inference too), straight-through backward (1 cmp).
     Output error: every element, in the input-gradient phase. Weight and weight gradient: once
-    per training step (the weights change once per step; stored quantised for inference).
+    per training step (the weights change once per step; stored quantized for inference).
     """
     from shiftadd.quant.hooks import weight_param_names
 
@@ -525,17 +525,17 @@ def count_quantisers(rec: LayerOps, m: nn.Module, in_numel: int, out_numel: int,
     k = sum(p.numel() for p in weights)
     trainable = any(p.requires_grad for p in weights)
     for t in _layer_transforms(m):
-        for tensor, spec, runtime_range in _quantised_tensors(t):
+        for tensor, spec, runtime_range in _quantized_tensors(t):
             role = QUANT_ROLES[tensor]
             if tensor == "activation":
-                rec.add("forward", role, **_quantiser_ops(spec, in_numel, runtime_range))
+                rec.add("forward", role, **_quantizer_ops(spec, in_numel, runtime_range))
                 if input_grad:  # straight-through estimator, zero where clipped
                     rec.add("grad_input", role, cmp=in_numel)
             elif tensor == "grad_output":
                 if output_grad:
-                    rec.add("grad_input", role, **_quantiser_ops(spec, out_numel, runtime_range))
+                    rec.add("grad_input", role, **_quantizer_ops(spec, out_numel, runtime_range))
             elif trainable:
-                rec.add("update", role, **_quantiser_ops(spec, k, runtime_range))
+                rec.add("update", role, **_quantizer_ops(spec, k, runtime_range))
                 if tensor == "weight":  # straight-through estimator of the weight gradient
                     rec.add("update", role, cmp=k)
 

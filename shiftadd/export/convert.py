@@ -18,7 +18,7 @@ from shiftadd.nn import AdderConv1d, AdderConv2d, AdderLinear, ShiftConv1d, Shif
 @dataclass(frozen=True)
 class IntegerOptions:
     """What the handlers may use: ``act_max`` fixes an adder layer's activation range (None: per
-    batch, or the layer's shared-scale quantiser); ``activation_bits`` (int_bits, frac_bits) is the
+    batch, or the layer's shared-scale quantizer); ``activation_bits`` (int_bits, frac_bits) is the
     fixed-point format of shift layers that have none of their own."""
 
     act_max: Optional[float] = None
@@ -90,7 +90,7 @@ def to_integer(model: nn.Module, activation_bits: Optional[Sequence[int]] = None
     """Replace every layer of ``model`` that has an integer handler (in place) by its integer module.
 
     Adder layers use a dynamic shared scale (per batch) unless ``act_max`` is given or they carry a
-    shared-scale quantiser; call ``.calibrate(x)`` on them to fix it. Returns the model (the integer
+    shared-scale quantizer; call ``.calibrate(x)`` on them to fix it. Returns the model (the integer
     module itself when ``model`` is such a layer). Other layers (BN, ReLU, float convs) stay as they are;
     containers such as shift-add layers are converted child by child.
     """

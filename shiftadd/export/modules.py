@@ -91,10 +91,10 @@ class _IntConv2d(nn.Module):
 
 
 class _SharedScaleInt8(nn.Module):
-    """Shared-scale quantisation of an adder layer's input and weight to int8 codes.
+    """Shared-scale quantization of an adder layer's input and weight to int8 codes.
 
     Either the layer's own :class:`shiftadd.quant.SharedScaleQuantizer` (``layer.shared_quantizer``,
-    its calibrated scale and rounding, so the result equals that quantiser's simulation), or
+    its calibrated scale and rounding, so the result equals that quantizer's simulation), or
     s = max(act_max, max|w|) / 127 with ``act_max`` from :meth:`calibrate` / the constructor, or
     from each batch when unset (dynamic).
     """
@@ -115,7 +115,7 @@ class _SharedScaleInt8(nn.Module):
     def calibrate(self, x: torch.Tensor):
         """Fix the activation range from a representative batch (own scale only)."""
         if self.spec is not None:
-            raise RuntimeError("this layer uses its shared-scale quantiser's calibration")
+            raise RuntimeError("this layer uses its shared-scale quantizer's calibration")
         self.act_max = float(x.detach().abs().max())
         self._cache = None
         return self
@@ -153,7 +153,7 @@ class IntAdderConv2d(_SharedScaleInt8, _IntConv2d):
     @classmethod
     def from_float(cls, module: nn.Module, act_max: Optional[float] = None, bits: int = 8) -> "IntAdderConv2d":
         """From a trained AdderConv2d (or AdderConv1d, used as a 1 x k conv2d); uses the layer's
-        shared-scale quantiser when it has one (``shiftadd.quant.shared_scale``)."""
+        shared-scale quantizer when it has one (``shiftadd.quant.shared_scale``)."""
         w, stride, padding, dilation, is_1d = _conv2d_geometry(module, _effective_weight(module))
         m = cls(w, module.bias, stride, padding, dilation, module.groups, act_max, bits, _shared_quantizer(module))
         if is_1d:
@@ -167,7 +167,7 @@ class IntAdderConv2d(_SharedScaleInt8, _IntConv2d):
 
     def extra_repr(self) -> str:
         return (f"{self._geometry_repr(self.weight.shape)}, bits={self.bits}, "
-                f"scale={'shared quantiser' if self.spec is not None else self.act_max}")
+                f"scale={'shared quantizer' if self.spec is not None else self.act_max}")
 
 
 class IntAdderLinear(_SharedScaleInt8):
@@ -181,7 +181,7 @@ class IntAdderLinear(_SharedScaleInt8):
 
     @classmethod
     def from_float(cls, module: nn.Module, act_max: Optional[float] = None, bits: int = 8) -> "IntAdderLinear":
-        """From a trained AdderLinear (uses its shared-scale quantiser when it has one)."""
+        """From a trained AdderLinear (uses its shared-scale quantizer when it has one)."""
         return cls(_effective_weight(module), module.bias, act_max, bits, _shared_quantizer(module))
 
     @torch.no_grad()

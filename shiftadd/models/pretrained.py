@@ -52,7 +52,7 @@ class ModelCard:
     # re-measurable accuracy (CIFAR: the embedded test subset; MNIST: the shared mnist10k test split)
     energy_uj_per_image: Optional[float] = None
     energy_setting: Optional[str] = None  # e.g. "asic45nm fp32 inference"
-    int8_test_acc: Optional[float] = None  # shared-scale 8-bit adder quantisation, where it applies
+    int8_test_acc: Optional[float] = None  # shared-scale 8-bit adder quantization, where it applies
     date: Optional[str] = None
     notes: str = ""
     reference: Dict[str, Any] = field(default_factory=dict)  # {"input": "...", "logits": [[...]]}

@@ -23,7 +23,7 @@ from shiftadd.nn.shiftadd import ShiftAddConv1d, ShiftAddConv2d, ShiftAddLinear
 
 #: Options of the adder layers (AdderNet's gradient mode and adaptive learning-rate coefficient).
 ADDER_OPTIONS: FrozenSet[str] = frozenset({"grad_mode", "eta"})
-#: Options of the bit-shift layers (DeepShift's weight/activation quantisation).
+#: Options of the bit-shift layers (DeepShift's weight/activation quantization).
 SHIFT_OPTIONS: FrozenSet[str] = frozenset({"weight_bits", "rounding", "activation_bits", "activation_signed", "init"})
 #: Options every layer class accepts.
 COMMON_OPTIONS: FrozenSet[str] = frozenset({"device", "dtype"})

@@ -1,4 +1,4 @@
-"""Rounding, straight-through estimators and the fixed-point quantiser: the one implementation of each
+"""Rounding, straight-through estimators and the fixed-point quantizer: the one implementation of each
 (the bit-shift weights, the layers' fixed-point activations and :mod:`shiftadd.quant` all use these).
 
 * :func:`round_values`: round to nearest (half to even) or stochastically, ``floor(x + u)`` with

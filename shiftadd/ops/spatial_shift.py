@@ -10,7 +10,7 @@
   Convolution", NeurIPS 2018): real-valued per-channel shifts applied by bilinear
   (n-linear) interpolation, with exact gradients w.r.t. input and shift, and the per-channel
   shift-gradient normalisation ``g_c <- g_c / ||g_c||_2`` of the reference implementation.
-* Sparse shift (Chen et al., "All You Need is a Few Shifts", CVPR 2019): quantisation-aware
+* Sparse shift (Chen et al., "All You Need is a Few Shifts", CVPR 2019): quantization-aware
   shift, integer shifts ``round(theta)`` in the forward pass (pure memory movement) and the
   active-shift interpolation gradient w.r.t. the real-valued ``theta`` in the backward pass.
 * AddressNet primitives (Zhong et al., "Shift-based Primitives for Efficient Convolutional
@@ -281,7 +281,7 @@ def spatial_shift(x: torch.Tensor, offsets: Offsets, stride: IntOrTuple = 1,
 
 
 # ---------------------------------------------------------------------------------------------
-# active shift (bilinear) and sparse (quantisation-aware) shift
+# active shift (bilinear) and sparse (quantization-aware) shift
 # ---------------------------------------------------------------------------------------------
 class _NormalizeShiftGrad(torch.autograd.Function):
     """Identity; the backward rescales each channel's shift gradient to unit L2 norm (ASL ``normalize``)."""
@@ -429,7 +429,7 @@ def active_shift(x: torch.Tensor, shift: torch.Tensor, stride: IntOrTuple = 1, c
 
 
 class _SparseShiftFn(torch.autograd.Function):
-    """Quantisation-aware shift: integer forward, active-shift (interpolation) gradient backward."""
+    """Quantization-aware shift: integer forward, active-shift (interpolation) gradient backward."""
 
     @staticmethod
     def forward(ctx, x, shift, stride, cdim, sdims, channels_last):  # type: ignore[override]

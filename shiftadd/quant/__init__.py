@@ -1,10 +1,10 @@
-"""Fixed-point quantisation-aware training, shared-scale quantisation of adder layers, DeepShift freezing.
+"""Fixed-point quantization-aware training, shared-scale quantization of adder layers, DeepShift freezing.
 
 * :func:`quantize_model` / :func:`dequantize_model` / :func:`quantized_layers`: FIXn QAT per layer type
   (:class:`QuantConfig`, presets ``fix32``/``fix16``/``fix8``: n-bit forward, 8-bit backward).
 * :func:`shared_scale`, :func:`calibrate`, :func:`evaluate_bit_widths`: one scale for an adder layer's
-  input and weight, post-training or quantisation-aware.
-* :func:`fake_quantize`, :func:`quantize_to_int`, :func:`dequantize`, :func:`quantize_grad`: the quantisers.
+  input and weight, post-training or quantization-aware.
+* :func:`fake_quantize`, :func:`quantize_to_int`, :func:`dequantize`, :func:`quantize_grad`: the quantizers.
 * :func:`freeze` / :func:`unfreeze`: DeepShift's sign/shift freezing.
 """
 from shiftadd.quant.config import (

@@ -1,4 +1,4 @@
-"""What to quantise and how: one :class:`TensorQuant` per tensor kind, grouped in a :class:`QuantConfig`.
+"""What to quantize and how: one :class:`TensorQuant` per tensor kind, grouped in a :class:`QuantConfig`.
 
 A ``TensorQuant`` describes an ``n``-bit fixed-point (integer) format: every value becomes
 ``q * scale`` with ``q`` an integer in ``[qmin, qmax]``; values outside ``[qmin * scale, qmax * scale]``
@@ -8,13 +8,13 @@ are clipped. The scale is
   fraction bits ``f`` is chosen from the tensor's largest magnitude ``m`` as the *largest* ``f``
   with ``qmax * 2^-f >= m`` (``m`` is representable, one more fraction bit would clip it); with
   ``frac_bits=f`` the format is fixed (Q(n-f).f) and anything outside its range is clipped.
-* ``scale="free"``: ``scale = m / qmax`` (symmetric linear quantisation; not a power of two).
+* ``scale="free"``: ``scale = m / qmax`` (symmetric linear quantization; not a power of two).
 
 ``m`` is taken over the whole tensor (``granularity="tensor"``) or per channel
 (``granularity="channel"``: dim 0 of weights and weight gradients, dim 1 of conv activations and
 output errors, the last dim of linear-layer activations and output errors).
 
-The ShiftAddNet presets ``fix32``/``fix16``/``fix8`` quantise weights and activations to 32/16/8 bits
+The ShiftAddNet presets ``fix32``/``fix16``/``fix8`` quantize weights and activations to 32/16/8 bits
 and the backward pass (output errors and weight gradients) to 8 bits, as in ShiftAddNet
 (You et al., NeurIPS 2020, Sec. 4: "FIX32/16/8 forward, FIX8 backward"); the backward pass uses
 stochastic rounding, forward deterministic (round half to even).
@@ -102,7 +102,7 @@ class TensorQuant:
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """Quantisers for the four tensors of a layer's training step; ``None`` leaves a tensor in float.
+    """Quantizers for the four tensors of a layer's training step; ``None`` leaves a tensor in float.
 
     * ``weight``: the layer's weight in the forward pass (ignored for bit-shift layers, whose
       weights are already ``weight_bits``-bit powers of two),
@@ -164,7 +164,7 @@ def fixed_point_config(bits: int, backward_bits: Optional[int] = 8, granularity:
 
 
 def preset(name: str) -> QuantConfig:
-    """``"float"`` (nothing quantised) or ``"fixN"`` (N-bit forward, 8-bit backward, ShiftAddNet);
+    """``"float"`` (nothing quantized) or ``"fixN"`` (N-bit forward, 8-bit backward, ShiftAddNet);
     ``fix32``, ``fix16`` and ``fix8`` are the paper's settings, any N in [2, 32] is accepted."""
     key = str(name).strip().lower()
     if key in ("float", "none", "fp32"):
@@ -172,7 +172,7 @@ def preset(name: str) -> QuantConfig:
     m = _FIX.match(key)
     if m and 2 <= int(m.group(1)) <= MAX_BITS:
         return fixed_point_config(int(m.group(1)))
-    raise ValueError(f"unknown quantisation preset {name!r}; choose one of {', '.join(PRESETS)} "
+    raise ValueError(f"unknown quantization preset {name!r}; choose one of {', '.join(PRESETS)} "
                      "(or fixN, 2 <= N <= 32)")
 
 

@@ -1,5 +1,5 @@
-"""Fixed-point quantisers: scale choice, the integer mapping, fake quantisation with a straight-through
-estimator, and an identity whose *gradient* is quantised (for output errors and weight gradients).
+"""Fixed-point quantizers: scale choice, the integer mapping, fake quantization with a straight-through
+estimator, and an identity whose *gradient* is quantized (for output errors and weight gradients).
 
 The integer mapping of a :class:`TensorQuant` ``spec`` with scale ``s`` is
 
@@ -9,8 +9,8 @@ The integer mapping of a :class:`TensorQuant` ``spec`` with scale ``s`` is
 :func:`quantize_to_int` returns ``(q, s)``; :func:`fake_quantize` returns ``x_q`` in ``x``'s dtype and
 is bit-identical to ``dequantize(*quantize_to_int(x))``. Arithmetic is done in float32 for formats of
 at most 24 bits (every integer code is exact there) and in float64 for wider ones (FIX32), so FIX32
-codes and their clipping are exact; the dequantised value is then rounded to ``x``'s dtype. The rounding
-and the quantiser itself are :mod:`shiftadd.ops.quant`'s (``grid_codes`` / ``quantize_to_grid``); this
+codes and their clipping are exact; the dequantized value is then rounded to ``x``'s dtype. The rounding
+and the quantizer itself are :mod:`shiftadd.ops.quant`'s (``grid_codes`` / ``quantize_to_grid``); this
 module chooses the scale and the range from a ``TensorQuant``.
 """
 from __future__ import annotations
@@ -113,7 +113,7 @@ def fake_quantize(x: torch.Tensor, spec: TensorQuant, scale: Optional[torch.Tens
 
 
 class _GradQuant(torch.autograd.Function):
-    """Identity forward; the incoming gradient is fake-quantised with ``spec`` in backward."""
+    """Identity forward; the incoming gradient is fake-quantized with ``spec`` in backward."""
 
     @staticmethod
     def forward(ctx, x, spec, channel_dim):  # type: ignore[override]
@@ -130,7 +130,7 @@ class _GradQuant(torch.autograd.Function):
 
 
 def quantize_grad(x: torch.Tensor, spec: Optional[TensorQuant], channel_dim: int = 0) -> torch.Tensor:
-    """``x`` unchanged, but the gradient flowing back through it is quantised with ``spec``."""
+    """``x`` unchanged, but the gradient flowing back through it is quantized with ``spec``."""
     if spec is None or not x.requires_grad:
         return x
     return _GradQuant.apply(x, spec, channel_dim)

@@ -13,7 +13,7 @@ every forward call:
 * after (also when forward raises): the parameters are put back and the output goes through
   ``transform_output``.
 
-Transforms run in increasing ``priority`` (pruning masks 0, quantisers 10 and 20).
+Transforms run in increasing ``priority`` (pruning masks 0, quantizers 10 and 20).
 Because the hooks are plain functions and the state lives in child modules, models stay
 deep-copyable and picklable.
 """
@@ -31,7 +31,7 @@ _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def layer_kind(module: nn.Module) -> Optional[str]:
-    """``"adder"``, ``"shift"``, ``"conv"``, ``"linear"`` for the layers quantisation/pruning act on, else None.
+    """``"adder"``, ``"shift"``, ``"conv"``, ``"linear"`` for the layers quantization/pruning act on, else None.
 
     Shift-add layers are containers: their ``.shift`` and ``.adder`` children are the layers.
     """

@@ -1,21 +1,21 @@
-"""Fixed-point quantisation-aware training: attach per-layer quantisers to a model, in place.
+"""Fixed-point quantization-aware training: attach per-layer quantizers to a model, in place.
 
 >>> quantize_model(model, "fix8")                          # every adder/shift/conv/linear layer
 >>> quantize_model(model, {"adder": "fix8", "shift": "fix16"})   # per layer type
 >>> quantized_layers(model); dequantize_model(model)       # inspect / undo
 
-Each quantised layer gets a child ``quantizer`` (:class:`LayerQuantizer`) that, around every forward
-call, fake-quantises the weight and the input (straight-through estimator) and installs autograd
-identities whose gradients are quantised: the output error (dLoss/d output, on its way into the
+Each quantized layer gets a child ``quantizer`` (:class:`LayerQuantizer`) that, around every forward
+call, fake-quantizes the weight and the input (straight-through estimator) and installs autograd
+identities whose gradients are quantized: the output error (dLoss/d output, on its way into the
 layer) and the weight gradient (dLoss/d weight produced by this call). No parameter, buffer or
-state_dict key is added or renamed, so checkpoints load into quantised and float models alike,
+state_dict key is added or renamed, so checkpoints load into quantized and float models alike,
 ``weight.grad`` exists as usual and the AdderNet adaptive learning rate works unchanged.
 Nothing needs to be called during training.
 
 Bit-shift layers: their weight already is a ``weight_bits``-bit power of two, so the ``weight``
-quantiser is not applied to them (the layer's own ``weight_bits`` governs); their input, output
-error and the gradients of ``shift``/``sign`` (or ``latent_weight``) are quantised.
-Biases are not quantised.
+quantizer is not applied to them (the layer's own ``weight_bits`` governs); their input, output
+error and the gradients of ``shift``/``sign`` (or ``latent_weight``) are quantized.
+Biases are not quantized.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ SHARED_NAME = "shared_quantizer"
 
 
 class LayerQuantizer(LayerTransform):
-    """Quantises one layer's weight, input, output error and weight gradient (see :class:`QuantConfig`).
+    """Quantizes one layer's weight, input, output error and weight gradient (see :class:`QuantConfig`).
 
     Stochastic rounding of weights/activations is used in training mode only (deterministic in eval).
     """
@@ -111,13 +111,13 @@ def _per_kind(config: Any) -> Dict[str, Optional[QuantConfig]]:
 def quantize_model(model: nn.Module, config: Union[ConfigLike, Mapping[str, ConfigLike]],
                    layer_types: Sequence[str] = KINDS, include: Patterns = None,
                    exclude: Patterns = None) -> Dict[str, QuantConfig]:
-    """Attach fixed-point quantisers to ``model``'s layers, in place; returns ``{layer name: config}``.
+    """Attach fixed-point quantizers to ``model``'s layers, in place; returns ``{layer name: config}``.
 
     ``config``: a preset name (``"fix32"``, ``"fix16"``, ``"fix8"``, ``"fixN"``, ``"float"``), a
     :class:`QuantConfig`, or a dict ``{layer type: preset | QuantConfig | None}`` with layer types
     ``"adder"``, ``"shift"``, ``"conv"``, ``"linear"`` (types not named are left in float).
     ``layer_types``/``include``/``exclude`` restrict the layers further. Calling it again replaces
-    the quantisers of the selected layers; a config that quantises nothing removes them.
+    the quantizers of the selected layers; a config that quantizes nothing removes them.
     """
     per_kind = _per_kind(config)
     done: Dict[str, QuantConfig] = {}
@@ -128,15 +128,15 @@ def quantize_model(model: nn.Module, config: Union[ConfigLike, Mapping[str, Conf
             detach(layer, QUANTIZER_NAME)
             continue
         if isinstance(layer._modules.get(SHARED_NAME), LayerTransform) and (cfg.weight or cfg.activation):
-            raise ValueError(f"layer {name!r} already has a shared-scale quantiser; give adder layers a config "
-                             "without weight/activation quantisers (backward only) or call dequantize_model first")
+            raise ValueError(f"layer {name!r} already has a shared-scale quantizer; give adder layers a config "
+                             "without weight/activation quantizers (backward only) or call dequantize_model first")
         attach(layer, QUANTIZER_NAME, LayerQuantizer(cfg, kind, is_conv_like(layer)))
         done[name] = cfg
     return done
 
 
 def dequantize_model(model: nn.Module, shared: bool = True) -> int:
-    """Remove every quantiser (and, with ``shared``, every shared-scale quantiser); returns how many."""
+    """Remove every quantizer (and, with ``shared``, every shared-scale quantizer); returns how many."""
     n = 0
     for m in list(model.modules()):
         if layer_kind(m) is None:

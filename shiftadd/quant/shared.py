@@ -1,6 +1,6 @@
-"""Shared-scale quantisation of adder layers (AdderNet's minimalist hardware design, Wang et al. 2021).
+"""Shared-scale quantization of adder layers (AdderNet's minimalist hardware design, Wang et al. 2021).
 
-An adder layer computes -sum |x - w|. If input and weight are quantised with *one* scale ``s``,
+An adder layer computes -sum |x - w|. If input and weight are quantized with *one* scale ``s``,
 
     |s*qx - s*qw| = s * |qx - qw|        (so  -sum|x_q - w_q| = -s * sum|qx - qw|)
 
@@ -18,7 +18,7 @@ with ``scale="free"`` (``s = range / qmax``, default) or ``scale="pow2"`` (``s =
 
 * post-training (``qat=False``): calibrated on a few batches (``statistic="max"``: the largest |x|
   seen, ``"mean"``: the mean of the per-batch maxima), then fixed;
-* quantisation-aware (``qat=True``): an exponential moving average of the per-batch max|x| updated in
+* quantization-aware (``qat=True``): an exponential moving average of the per-batch max|x| updated in
   training mode (``momentum``), used as is in eval mode; gradients pass straight through the rounding
   and are zero where a value was clipped.
 
@@ -155,7 +155,7 @@ def calibrate(model: nn.Module, calibration_batches: Iterable[Any], device: Opti
     returns the number of batches. Earlier calibrations are discarded."""
     qs = [m for m in model.modules() if isinstance(m, SharedScaleQuantizer)]
     if not qs:
-        raise ValueError("the model has no shared-scale quantisers; call shared_scale() first")
+        raise ValueError("the model has no shared-scale quantizers; call shared_scale() first")
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
@@ -187,22 +187,22 @@ def calibrate(model: nn.Module, calibration_batches: Iterable[Any], device: Opti
 def shared_scale(model: nn.Module, bits: int, calibration_batches: Optional[Iterable[Any]] = None, *,
                  scale: str = "free", range_from: str = "max", qat: bool = False, momentum: float = 0.1,
                  statistic: str = "max", include: Patterns = None, exclude: Patterns = None) -> Dict[str, SharedScaleQuantizer]:
-    """Quantise every adder layer of ``model`` with one shared scale per layer, in place.
+    """Quantize every adder layer of ``model`` with one shared scale per layer, in place.
 
-    ``calibration_batches`` (tensors or (x, y) pairs) set the input ranges (post-training quantisation);
+    ``calibration_batches`` (tensors or (x, y) pairs) set the input ranges (post-training quantization);
     without them the ranges are unset until calibrated, trained (``qat=True``) or loaded with
-    ``load_state_dict``. Returns ``{layer name: quantiser}``. Combine with :func:`quantize_model`
-    only through backward quantisers (``QuantConfig(grad_output=..., weight_grad=...)``).
+    ``load_state_dict``. Returns ``{layer name: quantizer}``. Combine with :func:`quantize_model`
+    only through backward quantizers (``QuantConfig(grad_output=..., weight_grad=...)``).
     """
     layers = select_layers(model, ("adder",), include, exclude)
     if not layers:
-        raise ValueError("the model has no adder layers to quantise with a shared scale")
+        raise ValueError("the model has no adder layers to quantize with a shared scale")
     done = {}
     for name, layer in layers.items():
         lq = layer._modules.get(QUANTIZER_NAME)
         if lq is not None and (lq.config.weight is not None or lq.config.activation is not None):
-            raise ValueError(f"layer {name!r} already quantises its weight/input with quantize_model(); "
-                             "call dequantize_model first or keep only backward quantisers")
+            raise ValueError(f"layer {name!r} already quantizes its weight/input with quantize_model(); "
+                             "call dequantize_model first or keep only backward quantizers")
         q = SharedScaleQuantizer(bits, scale, range_from, qat, momentum, statistic)
         ref = layer.weight
         q.to(device=ref.device)
@@ -214,10 +214,10 @@ def shared_scale(model: nn.Module, bits: int, calibration_batches: Optional[Iter
 
 def evaluate_bit_widths(model: nn.Module, evaluate: Callable[[nn.Module], Any], calibration_batches: Iterable[Any],
                         bits: Sequence[int] = (16, 8, 6, 4), **options: Any) -> Dict[str, Any]:
-    """Post-training shared-scale quantisation of a trained adder network at each bit width.
+    """Post-training shared-scale quantization of a trained adder network at each bit width.
 
-    Returns ``{"float": evaluate(model), "int16": evaluate(copy quantised to 16 bits), ...}``; ``model``
-    is left unchanged (each width quantises a deep copy). ``options`` go to :func:`shared_scale`.
+    Returns ``{"float": evaluate(model), "int16": evaluate(copy quantized to 16 bits), ...}``; ``model``
+    is left unchanged (each width quantizes a deep copy). ``options`` go to :func:`shared_scale`.
     """
     batches = list(calibration_batches)
     out: Dict[str, Any] = {"float": evaluate(model)}

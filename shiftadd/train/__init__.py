@@ -8,7 +8,7 @@
 Modules: ``config`` (TrainConfig, recipes), ``task`` (what is trained on: the Task protocol and image
 classification), ``build`` (device, model, optimizer, LR schedule), ``evaluate`` (evaluation, BatchNorm
 recalibration), ``loop`` (the loop), ``writer`` (the run directory), ``checkpoint`` (safe checkpoints),
-``runs`` (using a saved run), ``compress`` (quantisation/pruning/freezing of a run's model),
+``runs`` (using a saved run), ``compress`` (quantization/pruning/freezing of a run's model),
 ``distributed``, ``compare``, ``plots``.
 """
 from shiftadd.train.build import build_model, build_optimizer, lr_factor, seed_everything

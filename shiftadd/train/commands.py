@@ -114,10 +114,10 @@ def register(subparsers) -> None:
                    help="fixed-point training: fix32, fix16, fix8 (n-bit weights/activations, 8-bit errors and "
                         "weight gradients, ShiftAddNet) or fixN")
     g.add_argument("--quant-types", dest="quant_types", type=_names, default=S, metavar="TYPES",
-                   help="layer types to quantise, comma-separated (default adder,shift,conv,linear)")
+                   help="layer types to quantize, comma-separated (default adder,shift,conv,linear)")
     g.add_argument("--init-from", dest="init_from", default=S, metavar="RUN",
                    help="start from the weights (and pruning masks) of a run; its model, op, data, batch, "
-                        "optimizer type and quantisation are the defaults (learning rate and epochs are not)")
+                        "optimizer type and quantization are the defaults (learning rate and epochs are not)")
     g.add_argument("--prune", type=float, default=S, metavar="RATIO",
                    help="prune this fraction of the weights before training (e.g. with --init-from: fine-tuning)")
     g.add_argument("--prune-method", dest="prune_method", default=S, help="magnitude (default) or random")

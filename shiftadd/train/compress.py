@@ -8,7 +8,7 @@ fixed order, the same for a new run, a resumed run and ``shiftadd eval``:
    then the state is loaded — a fine-tuning start point (``init_from``) or a checkpoint;
 2. ``freeze`` (DeepShift: sign and/or shift of bit-shift layers stop learning), and only for a new
    run ``prune`` (magnitude or random pruning to the target ratio; masks already there stay);
-3. ``quant``: fixed-point quantisers (QAT) on the selected layer types (they add no state).
+3. ``quant``: fixed-point quantizers (QAT) on the selected layer types (they add no state).
 
 During training the trainer calls :func:`shiftadd.prune.apply_masks` after every optimizer step so pruned
 parameters stay exactly zero.
@@ -51,9 +51,9 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) -
 
 def prepare_model(model: nn.Module, config: Any, state: Optional[Mapping[str, torch.Tensor]] = None,
                   new_run: bool = True, what: str = "checkpoint") -> Dict[str, Any]:
-    """Load ``state`` (with its masks) and apply ``config``'s freeze/prune (new runs) and quantisers.
+    """Load ``state`` (with its masks) and apply ``config``'s freeze/prune (new runs) and quantizers.
 
-    Returns a summary ``{"pruned": sparsity report or None, "quantized": number of quantised layers,
+    Returns a summary ``{"pruned": sparsity report or None, "quantized": number of quantized layers,
     "frozen": number of frozen parameters}``.
     """
     from shiftadd import prune as P

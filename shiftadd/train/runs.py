@@ -1,5 +1,5 @@
 """Using a saved run: its configuration, its model rebuilt from the checkpoint, test evaluation,
-the best-validation checkpoint, and post-training shared-scale quantisation of its adder layers."""
+the best-validation checkpoint, and post-training shared-scale quantization of its adder layers."""
 from __future__ import annotations
 
 import os
@@ -19,7 +19,7 @@ from shiftadd.train.writer import BEST_DIR
 
 def load_trained_model(path: str, device: str = "cpu", data=None) -> Tuple[nn.Module, TrainConfig, ckpt.Checkpoint]:
     """``(model, config, checkpoint)`` of the run saved in ``path``: the model rebuilt with its pruning
-    masks and quantisers, weights loaded, in eval mode on ``device``. ``data`` (train, test) is only
+    masks and quantizers, weights loaded, in eval mode on ``device``. ``data`` (train, test) is only
     needed for checkpoints that predate the saved model description."""
     saved = ckpt.load_checkpoint(path)
     config = config_from_dict(saved.meta["config"])
@@ -88,7 +88,7 @@ def evaluate_checkpoint(path: str, data_dir: Optional[str] = None, device: str =
 def shared_scale_sweep(run: str, bits: Sequence[int] = (16, 8, 6, 4), scale: str = "free",
                        calibration_batches: int = 4, data_dir: Optional[str] = None,
                        test_subset: Optional[int] = None) -> Dict[str, Any]:
-    """Post-training shared-scale quantisation of the adder layers of the run saved in ``run``.
+    """Post-training shared-scale quantization of the adder layers of the run saved in ``run``.
 
     Calibrates on ``calibration_batches`` training batches of 128 (no augmentation, seed + 1) and
     returns ``{"float": acc, "int16": acc, ...}`` on the run's test split (``test_subset`` 0: all),
