@@ -306,5 +306,24 @@ def test_bench_cli_network_rows_reach_the_json(ext, tmp_path, capsys):
                  "--network", "--batch", "2", "--json", str(path)]) == 0
     assert "whole-network training step" in capsys.readouterr().out
     network = json.loads(path.read_text())["network"]
-    assert [r["variant"] for r in network] == ["conv", "adder", "adder-fused"]
+    from shiftadd.nn.families import family_names
+
+    # every operator family in one run, conv first, each with its ratio to conv and its phases
+    assert [r["family"] for r in network] == ["conv"] + [f for f in family_names() if f != "conv"]
+    assert {"adder", "shift-ps", "shiftadd", "shiftadd-fixed"} <= {r["family"] for r in network}
     assert all(r["model"] == "resnet20" and r["batch"] == 2 and r["step_ms"] > 0 for r in network)
+    for r in network:
+        assert r["throughput_vs_conv"] == pytest.approx(network[0]["step_ms"] / r["step_ms"])
+        assert sum(r["phases_ms"].values()) > 0 and set(r["phases_ms"]) == {"forward", "backward", "optimizer"}
+
+
+def test_bench_cli_network_only_subset_and_bad_family(ext, capsys):
+    from shiftadd.cli import main
+
+    assert main(["bench", "--network-only", "--families", "adder,conv", "--steps", "1", "--batch", "2",
+                 "--phases", "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "conv2d (oneDNN)" not in out  # no per-layer rows
+    assert "| adder |" in out and "| conv |" in out and "forward" in out
+    assert main(["bench", "--network-only", "--families", "nope", "--steps", "1", "--batch", "2"]) == 2
+    assert "unknown operator family nope" in capsys.readouterr().err

@@ -47,6 +47,11 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 _clock = time.perf_counter
 
 
+def current_clock() -> Callable[[], float]:
+    """The clock chosen by :func:`run` (``time.perf_counter`` or ``time.process_time``), in seconds."""
+    return _clock
+
+
 def timings_ms(fn: Callable[[], object], repeats: int) -> Tuple[float, float]:
     """(median, minimum) in milliseconds over ``repeats`` runs, after one warm-up run.
 
@@ -247,6 +252,18 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def network_markdown(rows: Sequence[Dict[str, object]]) -> str:
+    """The whole-network rows (``shiftadd.commands.bench.bench_network``) as a markdown table."""
+    lines = ["| family | step ms (median / min) | images/s | throughput vs conv | forward ms | backward ms "
+             "| optimizer ms |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ph = r["phases_ms"]
+        ratio = "-" if r["throughput_vs_conv"] is None else f"{r['throughput_vs_conv']:.2f}x"
+        lines.append(f"| {r['family']} | {r['step_ms']:.1f} / {r['step_ms_min']:.1f} | {r['images_per_s']:.1f} | "
+                     f"{ratio} | {ph['forward']:.1f} | {ph['backward']:.1f} | {ph['optimizer']:.1f} |")
+    return "\n".join(lines)
+
+
 def environment(threads: int) -> Dict[str, object]:
     from shiftadd.kernels import backends
 
@@ -266,11 +283,12 @@ NetworkBench = Callable[[Callable[[str], None]], List[Dict[str, object]]]
 def run(shapes: str = "resnet20", batch: int = 64, threads: int = 2, repeats: int = 5, backward: bool = True,
         reference: bool = True, int8: bool = True, network: Optional[NetworkBench] = None,
         json_path: Optional[str] = None, markdown: bool = False, all_methods: bool = False,
-        clock: str = "wall", log: Callable[[str], None] = print) -> Report:
+        clock: str = "wall", layers: bool = True, log: Callable[[str], None] = print) -> Report:
     """The whole benchmark; returns the report (and writes JSON if asked).
 
     ``network(log)``, if given, times whole networks (``shiftadd bench --network`` passes a ResNet-20
-    training step); its rows go to ``report.network``.
+    training step of every operator family); its rows go to ``report.network``. ``layers=False`` skips
+    the per-layer timings.
     """
     global _clock
     if shapes not in SHAPE_SETS:
@@ -286,15 +304,21 @@ def run(shapes: str = "resnet20", batch: int = 64, threads: int = 2, repeats: in
         f"batch={batch}, torch {torch.__version__}, {repeats} timed runs after a warm-up, {clock} clock; load average "
         f"{'n/a' if load is None else ' '.join(f'{v:.2f}' for v in load)}")
     log(f"adder backend for CPU float32: {report.env['in_use']}; {report.env['cpu_backend']}")
-    log(HEADER)
-    report.rows = bench_shapes(SHAPE_SETS[shapes], batch, repeats, backward, reference, int8,
-                               all_methods=all_methods, log=log)
+    if layers:
+        log(HEADER)
+        report.rows = bench_shapes(SHAPE_SETS[shapes], batch, repeats, backward, reference, int8,
+                                   all_methods=all_methods, log=log)
     if network is not None:
-        log("whole-network training step (SGD, random data):")
+        log(f"whole-network training step (SGD + adaptive LR for adder families, random data, batch {batch}, "
+            f"{clock} clock, families alternated):")
         report.network = network(log)
     if markdown:
-        log("")
-        log(markdown_table(report.rows))
+        if report.rows:
+            log("")
+            log(markdown_table(report.rows))
+        if report.network:
+            log("")
+            log(network_markdown(report.network))
     if json_path:
         with open(json_path, "w") as f:
             json.dump({"env": report.env, "rows": [asdict(r) for r in report.rows], "network": report.network}, f,
