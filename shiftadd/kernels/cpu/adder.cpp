@@ -543,13 +543,15 @@ std::tuple<at::Tensor, at::Tensor> conv_backward(const at::Tensor& x_, const at:
   const int64_t Pb = block_width(std::max(s.K, s.Og), Lw);
   const int64_t ntask = s.N * s.G;
   const int64_t T = want_weight ? std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), ntask)) : 1;
-  at::Tensor part = want_weight ? at::zeros({T, s.O, s.K}, w.options()) : at::Tensor();
+  const int64_t Kpad = round_up(s.K, kn.lanes);  // dW partials and transposed patches: k padded to vectors
+  at::Tensor part = want_weight ? at::zeros({T, s.O, Kpad}, w.options()) : at::Tensor();
   float* pp = want_weight ? part.data_ptr<float>() : nullptr;
   // one task per (image, group): blocks of the same image overlap in dx, so they stay in one task
   parallel_ranges(ntask, [&](int64_t tid, int64_t b, int64_t e) {
     std::vector<float> Xb(s.K * Pb), dXb(want_input ? s.K * Pb : 0), dYb(s.Og * Pb), scratch(Pb);
     std::vector<float> Q(same ? 0 : s.Cg * q.per_channel), dQ(same || !want_input ? 0 : s.Cg * q.per_channel);
-    float* mine = want_weight ? pp + tid * s.O * s.K : nullptr;
+    std::vector<float> XT(want_weight ? Pb * Kpad : 0, 0.f);  // columns K..Kpad stay 0
+    float* mine = want_weight ? pp + tid * s.O * Kpad : nullptr;
     for (int64_t t = b; t < e; ++t) {
       const int64_t n = t / s.G, g = t % s.G;
       const float* xn = xp + n * s.C * s.H * s.Wd;
@@ -571,7 +573,10 @@ std::tuple<at::Tensor, at::Tensor> conv_backward(const at::Tensor& x_, const at:
           pack_dout_widened(dn, s, q, p0, nb, npad, dYb.data(), Pb);
         }
         // padded and discarded positions have dY = 0, so they add nothing to dW
-        if (want_weight) kn.gwf_block(Xb.data(), Pb, s.K, npad / kn.lanes, s.Og, dYb.data(), Pb, mine + g * s.Og * s.K);
+        if (want_weight) {
+          kn.transpose(Xb.data(), Pb, s.K, nb, XT.data(), Kpad);
+          kn.gwf_block(XT.data(), Kpad, Kpad / kn.lanes, nb, s.Og, dYb.data(), Pb, mine + g * s.Og * Kpad, Kpad);
+        }
         if (!want_input) continue;
         kn.gin_block(Xb.data(), Pb, s.K, npad / kn.lanes, wp + g * s.Og * s.K, s.Og, dYb.data(), Pb,
                      dXb.data(), scratch.data(), (int)mode);
@@ -587,7 +592,7 @@ std::tuple<at::Tensor, at::Tensor> conv_backward(const at::Tensor& x_, const at:
   });
   if (want_weight) {
     auto sum_dy = dout.sum(at::IntArrayRef{0, 2, 3}).view({s.O, 1, 1, 1});
-    dw = part.sum(0).view(w.sizes()).sub_(w.mul(sum_dy));
+    dw = part.sum(0).narrow(1, 0, s.K).contiguous().view(w.sizes()).sub_(w.mul(sum_dy));
   }
   return {dx, dw};
 }
