@@ -31,10 +31,7 @@ sys.path.insert(0, ROOT)
 
 from shiftadd.kernels import bench  # noqa: E402
 
-try:  # the network step moved above the kernels (shiftadd/commands/bench.py) in a later refactor
-    from shiftadd.commands.bench import bench_network  # noqa: E402
-except ImportError:
-    from shiftadd.kernels.bench import bench_network  # noqa: E402
+from shiftadd.commands.bench import bench_network  # noqa: E402
 
 CIFAR10_TRAIN_IMAGES = 50_000
 NETWORK_VARIANTS = ("conv", "adder", "shift-ps", "shiftadd")
@@ -89,8 +86,7 @@ def layer_benchmarks(device: str, batch: int, repeats: int, tiny: bool) -> List[
 
 
 def network_benchmarks(device: str, batch: int, steps: int) -> List[Dict[str, Any]]:
-    rows = bench_network("resnet20", variants=NETWORK_VARIANTS, batch=batch, steps=steps, log=log,
-                               device=device)
+    rows = bench_network("resnet20", families=NETWORK_VARIANTS, batch=batch, steps=steps, log=log, device=device)
     for r in rows:
         r["epoch_s_estimate"] = CIFAR10_TRAIN_IMAGES / r["images_per_s"]
     return rows

@@ -159,6 +159,53 @@ def test_fused_conv_matches_loop_reference(ext, isa, cfg, mode):
     torch.testing.assert_close(w.grad, ref_dw.float(), atol=1e-3, rtol=1e-4)
 
 
+BACKWARD_CONVS = [  # odd sizes: position tails inside vectors, K not a multiple of the lanes, O tails
+    (3, 5, 13, 11, 7, (3, 3), (1, 1), (1, 1), (1, 1), 1),    # same conv
+    (2, 6, 9, 10, 10, (3, 3), (2, 2), (1, 1), (1, 1), 2),    # strided (phase planes), groups
+    (2, 16, 12, 12, 24, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # K = 144 (ResNet-20 stage 1), O = 24
+]
+
+
+@pytest.mark.parametrize("cfg", BACKWARD_CONVS)
+@pytest.mark.parametrize("block_floats", [1024, 131072])  # many small blocks per image / one block
+def test_one_pass_backward_matches_separate_gradients(ext, isa, cfg, block_floats):
+    """conv_backward (input gradient and Eq. 5 weight gradient from the same packed blocks) against the
+    independent loop reference and against oneDNN's conv weight gradient minus W * sum dY."""
+    from shiftadd.kernels.cpu_backend import grad_weight_full_conv
+
+    N, C, H, Wd, O, k, s, p, d, g = cfg
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(N, C, H, Wd, generator=gen)
+    w = torch.randn(O, C // g, *k, generator=gen)
+    gout = torch.randn(cpu_backend.conv2d(x, w, s, p, d, g).shape, generator=gen)
+    _, ref_dx, ref_dw = adder_conv2d_with_grads(x.double(), w.double(), gout.double(), s, p, d, g, "full")
+    ext.set_blocking(block_floats, 64)
+    try:
+        dx, dw = ext.conv_backward(x, w, gout, s, p, d, g, 0, True, True)
+        dx_only, empty_w = ext.conv_backward(x, w, gout, s, p, d, g, 0, True, False)
+        empty_x, dw_only = ext.conv_backward(x, w, gout, s, p, d, g, 0, False, True)
+    finally:
+        ext.set_blocking(131072, 4096)
+    torch.testing.assert_close(dx, ref_dx.float(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(dw, ref_dw.float(), atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(dw, grad_weight_full_conv(x, w, gout, s, p, d, g), atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(dx_only, dx, atol=0, rtol=0)
+    torch.testing.assert_close(dw_only, dw, atol=0, rtol=0)
+    assert empty_w.numel() == 0 and empty_x.numel() == 0  # a gradient not asked for is not computed
+
+
+def test_fused_conv_weight_gradient_without_input_gradient(ext):
+    """A first layer (input without grad) still gets the Eq. 5 weight gradient from the one-pass backward."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 8, 8, generator=gen)
+    w = torch.randn(5, 3, 3, 3, generator=gen, requires_grad=True)
+    out = cpu_backend.conv2d(x, w, 1, 1)
+    gout = torch.randn(out.shape, generator=gen)
+    out.backward(gout)
+    _, _, ref_dw = adder_conv2d_with_grads(x.double(), w.detach().double(), gout.double(), (1, 1), (1, 1), (1, 1), 1)
+    torch.testing.assert_close(w.grad, ref_dw.float(), atol=1e-3, rtol=1e-4)
+
+
 def test_fused_conv_falls_back_for_float64(ext):
     x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
     w = torch.randn(3, 2, 3, 3, dtype=torch.float64)
@@ -306,5 +353,24 @@ def test_bench_cli_network_rows_reach_the_json(ext, tmp_path, capsys):
                  "--network", "--batch", "2", "--json", str(path)]) == 0
     assert "whole-network training step" in capsys.readouterr().out
     network = json.loads(path.read_text())["network"]
-    assert [r["variant"] for r in network] == ["conv", "adder", "adder-fused"]
+    from shiftadd.nn.families import family_names
+
+    # every operator family in one run, conv first, each with its ratio to conv and its phases
+    assert [r["family"] for r in network] == ["conv"] + [f for f in family_names() if f != "conv"]
+    assert {"adder", "shift-ps", "shiftadd", "shiftadd-fixed"} <= {r["family"] for r in network}
     assert all(r["model"] == "resnet20" and r["batch"] == 2 and r["step_ms"] > 0 for r in network)
+    for r in network:
+        assert r["throughput_vs_conv"] == pytest.approx(network[0]["step_ms"] / r["step_ms"])
+        assert sum(r["phases_ms"].values()) > 0 and set(r["phases_ms"]) == {"forward", "backward", "optimizer"}
+
+
+def test_bench_cli_network_only_subset_and_bad_family(ext, capsys):
+    from shiftadd.cli import main
+
+    assert main(["bench", "--network-only", "--families", "adder,conv", "--steps", "1", "--batch", "2",
+                 "--phases", "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "conv2d (oneDNN)" not in out  # no per-layer rows
+    assert "| adder |" in out and "| conv |" in out and "forward" in out
+    assert main(["bench", "--network-only", "--families", "nope", "--steps", "1", "--batch", "2"]) == 2
+    assert "unknown operator family nope" in capsys.readouterr().err

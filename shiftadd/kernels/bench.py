@@ -69,6 +69,11 @@ def use_device(device: str) -> torch.device:
     return dev
 
 
+def current_clock() -> Callable[[], float]:
+    """The clock chosen by :func:`run` (``time.perf_counter`` or ``time.process_time``), in seconds."""
+    return _clock
+
+
 def timings_ms(fn: Callable[[], object], repeats: int) -> Tuple[float, float]:
     """(median, minimum) in milliseconds over ``repeats`` runs, after one warm-up run.
 
@@ -284,6 +289,18 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def network_markdown(rows: Sequence[Dict[str, object]]) -> str:
+    """The whole-network rows (``shiftadd.commands.bench.bench_network``) as a markdown table."""
+    lines = ["| family | step ms (median / min) | images/s | throughput vs conv | forward ms | backward ms "
+             "| optimizer ms |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ph = r["phases_ms"]
+        ratio = "-" if r["throughput_vs_conv"] is None else f"{r['throughput_vs_conv']:.2f}x"
+        lines.append(f"| {r['family']} | {r['step_ms']:.1f} / {r['step_ms_min']:.1f} | {r['images_per_s']:.1f} | "
+                     f"{ratio} | {ph['forward']:.1f} | {ph['backward']:.1f} | {ph['optimizer']:.1f} |")
+    return "\n".join(lines)
+
+
 def environment(threads: int, device: str = "cpu") -> Dict[str, object]:
     from shiftadd.kernels import backends
 
@@ -305,11 +322,13 @@ NetworkBench = Callable[[Callable[[str], None]], List[Dict[str, object]]]
 def run(shapes: str = "resnet20", batch: int = 64, threads: int = 2, repeats: int = 5, backward: bool = True,
         reference: bool = True, int8: bool = True, network: Optional[NetworkBench] = None,
         json_path: Optional[str] = None, markdown: bool = False, all_methods: bool = False,
-        clock: str = "wall", log: Callable[[str], None] = print, device: str = "cpu") -> Report:
+        clock: str = "wall", layers: bool = True, log: Callable[[str], None] = print,
+        device: str = "cpu") -> Report:
     """The whole benchmark on ``device`` ("cpu", "cuda", "cuda:N"); returns the report (and writes JSON if asked).
 
     ``network(log)``, if given, times whole networks (``shiftadd bench --network`` passes a ResNet-20
-    training step); its rows go to ``report.network``.
+    training step of every operator family); its rows go to ``report.network``. ``layers=False`` skips
+    the per-layer timings.
     """
     global _clock
     if shapes not in SHAPE_SETS:
@@ -328,15 +347,21 @@ def run(shapes: str = "resnet20", batch: int = 64, threads: int = 2, repeats: in
     log(f"adder backend for CPU float32: {report.env['in_use']}; {report.env['cpu_backend']}")
     if dev.type == "cuda":
         log(f"device {dev}: {report.env['gpu']}; triton backend: {report.env['triton_backend']}")
-    log(HEADER)
-    report.rows = bench_shapes(SHAPE_SETS[shapes], batch, repeats, backward, reference, int8,
-                               all_methods=all_methods, log=log, device=device)
+    if layers:
+        log(HEADER)
+        report.rows = bench_shapes(SHAPE_SETS[shapes], batch, repeats, backward, reference, int8,
+                                   all_methods=all_methods, log=log, device=device)
     if network is not None:
-        log("whole-network training step (SGD, random data):")
+        log(f"whole-network training step (SGD + adaptive LR for adder families, random data, batch {batch}, "
+            f"{clock} clock, families alternated):")
         report.network = network(log)
     if markdown:
-        log("")
-        log(markdown_table(report.rows))
+        if report.rows:
+            log("")
+            log(markdown_table(report.rows))
+        if report.network:
+            log("")
+            log(network_markdown(report.network))
     if json_path:
         with open(json_path, "w") as f:
             json.dump({"env": report.env, "rows": [asdict(r) for r in report.rows], "network": report.network}, f,

@@ -59,7 +59,10 @@ def grad_weight_full_mm(X: torch.Tensor, W: torch.Tensor, dY: torch.Tensor) -> t
 
 def grad_weight_full_conv(x: torch.Tensor, w: torch.Tensor, dout: torch.Tensor, stride, padding, dilation,
                           groups: int) -> torch.Tensor:
-    """Eq. 5 for a convolution: the ordinary conv weight gradient minus W * sum over (n, h, w) of dY."""
+    """Eq. 5 for a convolution: the ordinary conv weight gradient minus W * sum over (n, h, w) of dY.
+
+    The fused kernel computes the same in its backward pass (``conv_backward``); this is the
+    oneDNN-based form, kept as an independent check of it."""
     gw = torch.ops.aten.convolution_backward(
         dout, x, w, None, list(stride), list(padding), list(dilation), False, [0, 0], groups,
         [False, True, False],
@@ -96,13 +99,15 @@ class _AdderConv2dFn(torch.autograd.Function):
         x, w = ctx.saved_tensors
         stride, padding, dilation, groups, mode, ext = ctx.conf
         dout = dout.contiguous()
+        want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dx = dw = None
-        if ctx.needs_input_grad[0]:
-            dx = ext.conv_grad_input(x, w, dout, stride, padding, dilation, groups, _mode_code(mode))
-        if ctx.needs_input_grad[1]:
-            if mode == "full":
-                dw = grad_weight_full_conv(x, w, dout, stride, padding, dilation, groups)
-            else:
+        if mode == "full":  # one pass: HardTanh input gradient and Eq. 5 weight gradient from the same blocks
+            gx, gw = ext.conv_backward(x, w, dout, stride, padding, dilation, groups, 0, want_x, want_w)
+            dx, dw = (gx if want_x else None), (gw if want_w else None)
+        else:
+            if want_x:
+                dx = ext.conv_grad_input(x, w, dout, stride, padding, dilation, groups, _mode_code(mode))
+            if want_w:
                 dw = ext.conv_grad_weight_sign(x, w, dout, stride, padding, dilation, groups)
         return dx, dw, None, None, None, None, None, None
 

@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "isa.h"
@@ -512,9 +513,13 @@ void check_conv_grad(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
               s.O, ", ", s.Ho, ", ", s.Wo, ")");
 }
 
-at::Tensor conv_grad_input(const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& dout_,
-                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                           int64_t groups, int64_t mode) {
+// Backward of the fused convolution in one pass over the packed blocks: the input gradient
+// (mode 0 HardTanh / 1 sign) if want_input, and the full-precision weight gradient (Eq. 5,
+// dW = sum_p x dY - W sum_p dY) if want_weight, from the same patch and dY blocks.
+std::tuple<at::Tensor, at::Tensor> conv_backward(const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& dout_,
+                                                 at::IntArrayRef stride, at::IntArrayRef padding,
+                                                 at::IntArrayRef dilation, int64_t groups, int64_t mode,
+                                                 bool want_input, bool want_weight) {
   check_float(x_, "x");
   check_float(w_, "weight");
   TORCH_CHECK(mode == 0 || mode == 1, "mode must be 0 (full/HardTanh) or 1 (sign)");
@@ -523,21 +528,30 @@ at::Tensor conv_grad_input(const at::Tensor& x_, const at::Tensor& w_, const at:
   auto x = x_.contiguous();
   auto w = w_.contiguous();
   auto dout = dout_.contiguous();
-  auto dx = at::zeros_like(x);
-  if (x.numel() == 0 || s.O == 0) return dx;
+  // a gradient that is not wanted comes back as an empty tensor
+  at::Tensor dx = want_input ? at::zeros_like(x) : at::empty({0}, x.options());
+  at::Tensor dw = want_weight ? at::zeros_like(w) : at::empty({0}, w.options());
+  if (x.numel() == 0 || s.O == 0 || !(want_input || want_weight)) return {dx, dw};
   const Kernels& kn = K_();
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   const float* dp = dout.data_ptr<float>();
-  float* dxp = dx.data_ptr<float>();
+  float* dxp = want_input ? dx.data_ptr<float>() : nullptr;
   const bool same = same_conv(s);
   const Planes q = same ? Planes{} : make_planes(s);
   const int64_t Lw = same ? s.L : q.Lw;
   const int64_t Pb = block_width(std::max(s.K, s.Og), Lw);
+  const int64_t ntask = s.N * s.G;
+  const int64_t T = want_weight ? std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), ntask)) : 1;
+  const int64_t Kpad = round_up(s.K, kn.lanes);  // dW partials and transposed patches: k padded to vectors
+  at::Tensor part = want_weight ? at::zeros({T, s.O, Kpad}, w.options()) : at::Tensor();
+  float* pp = want_weight ? part.data_ptr<float>() : nullptr;
   // one task per (image, group): blocks of the same image overlap in dx, so they stay in one task
-  at::parallel_for(0, s.N * s.G, 1, [&](int64_t b, int64_t e) {
-    std::vector<float> Xb(s.K * Pb), dXb(s.K * Pb), dYb(s.Og * Pb), scratch(Pb);
-    std::vector<float> Q(same ? 0 : s.Cg * q.per_channel), dQ(same ? 0 : s.Cg * q.per_channel);
+  parallel_ranges(ntask, [&](int64_t tid, int64_t b, int64_t e) {
+    std::vector<float> Xb(s.K * Pb), dXb(want_input ? s.K * Pb : 0), dYb(s.Og * Pb), scratch(Pb);
+    std::vector<float> Q(same ? 0 : s.Cg * q.per_channel), dQ(same || !want_input ? 0 : s.Cg * q.per_channel);
+    std::vector<float> XT(want_weight ? Pb * Kpad : 0, 0.f);  // columns K..Kpad stay 0
+    float* mine = want_weight ? pp + tid * s.O * Kpad : nullptr;
     for (int64_t t = b; t < e; ++t) {
       const int64_t n = t / s.G, g = t % s.G;
       const float* xn = xp + n * s.C * s.H * s.Wd;
@@ -558,6 +572,12 @@ at::Tensor conv_grad_input(const at::Tensor& x_, const at::Tensor& w_, const at:
           pack_from_planes(Q.data(), q, s.K, p0, nb, npad, Xb.data(), Pb);
           pack_dout_widened(dn, s, q, p0, nb, npad, dYb.data(), Pb);
         }
+        // padded and discarded positions have dY = 0, so they add nothing to dW
+        if (want_weight) {
+          kn.transpose(Xb.data(), Pb, s.K, nb, XT.data(), Kpad);
+          kn.gwf_block(XT.data(), Kpad, Kpad / kn.lanes, nb, s.Og, dYb.data(), Pb, mine + g * s.Og * Kpad, Kpad);
+        }
+        if (!want_input) continue;
         kn.gin_block(Xb.data(), Pb, s.K, npad / kn.lanes, wp + g * s.Og * s.K, s.Og, dYb.data(), Pb,
                      dXb.data(), scratch.data(), (int)mode);
         if (same) {
@@ -567,10 +587,20 @@ at::Tensor conv_grad_input(const at::Tensor& x_, const at::Tensor& w_, const at:
           for (int64_t k = 0; k < s.K; ++k) kn.add_to(dQ.data() + q.koff[k] + p0, dXb.data() + k * Pb, nb);
         }
       }
-      if (!same) scatter_planes(dxp + n * s.C * s.H * s.Wd, s, q, g * s.Cg, dQ.data());
+      if (!same && want_input) scatter_planes(dxp + n * s.C * s.H * s.Wd, s, q, g * s.Cg, dQ.data());
     }
   });
-  return dx;
+  if (want_weight) {
+    auto sum_dy = dout.sum(at::IntArrayRef{0, 2, 3}).view({s.O, 1, 1, 1});
+    dw = part.sum(0).narrow(1, 0, s.K).contiguous().view(w.sizes()).sub_(w.mul(sum_dy));
+  }
+  return {dx, dw};
+}
+
+at::Tensor conv_grad_input(const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& dout_,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                           int64_t groups, int64_t mode) {
+  return std::get<0>(conv_backward(x_, w_, dout_, stride, padding, dilation, groups, mode, true, false));
 }
 
 at::Tensor conv_grad_weight_sign(const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& dout_,
@@ -952,6 +982,7 @@ TORCH_LIBRARY(shiftadd_cpu, m) {
   m.def("mm_grad_weight_sign", &mm_grad_weight_sign);
   m.def("conv_forward", &conv_forward);      // fused adder conv2d
   m.def("conv_grad_input", &conv_grad_input);
+  m.def("conv_backward", &conv_backward);    // (dx if want_input, full-precision dW if want_weight)
   m.def("conv_grad_weight_sign", &conv_grad_weight_sign);
   m.def("sad_conv", &sad_conv);              // int8 adder conv2d -> int32
   m.def("sad_mm", &sad_mm);                  // int8 adder (G,P,K) x (G,O,K) -> int32

@@ -36,6 +36,10 @@ struct Kernels {
   // dW[o][k] += sum_p sign(Xb[k][p] - Wm[o][k]) * dYb[o][p]
   void (*gws_block)(const float* Xb, int64_t ldx, int64_t K, int64_t Pv, const float* Wm,
                     int64_t O, const float* dYb, int64_t ldd, float* dW);
+  // dW[o][k] += sum_{p < P} XT[p][k] * dYb[o][p] for k < Kv*lanes  (the X dY^T part of the
+  // full-precision weight gradient); XT is [P][ldt], dW is [O][ldw], ldt and ldw multiples of lanes.
+  void (*gwf_block)(const float* XT, int64_t ldt, int64_t Kv, int64_t P, int64_t O, const float* dYb,
+                    int64_t ldd, float* dW, int64_t ldw);
   // Y[p*ysp + o] = -sum_k |x_p[k] - W[o][k]| on uint8 bytes biased by +128, where the 8-byte
   // chunk kc of patch p is xrows[p] + koff[kc] (kc < nk8), and Wb is packed [nk8][Opad][8] with
   // Opad = O rounded up to 8 (padding bytes equal in patches and W).

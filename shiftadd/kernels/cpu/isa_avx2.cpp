@@ -41,6 +41,9 @@ struct V {
     const T nz = _mm256_cmp_ps(t, _mm256_setzero_ps(), _CMP_NEQ_UQ);
     return _mm256_add_ps(acc, _mm256_and_ps(r, nz));
   }
+  static constexpr bool kGinSplit = false;  // no one-op clamp: formula (a) everywhere
+  static inline T fsub(T a, T b) { return _mm256_sub_ps(a, b); }
+  static inline T clamp1(T t) { return _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-1.0f)), _mm256_set1_ps(1.0f)); }
   static constexpr bool kSplit2 = false;
   static inline int64_t split2(const float*, int64_t, float*, float*) { return 0; }
   static constexpr bool kTranspose8 = true;
@@ -108,6 +111,7 @@ constexpr int FWD_MR = 4, FWD_NR = 2;
 constexpr int64_t FWD_KC = 128;
 constexpr int GIN_MR = 2, GIN_NR = 2;
 constexpr int GWS_MR = 2, GWS_NR = 2;
+constexpr int GWF_MR = 2, GWF_NR = 4;
 constexpr int SAD_MR = 4, SAD_NR = 2;
 constexpr int SH_MR = 3, SH_NR = 2;
 #define ISA_NAME "avx2"

@@ -41,6 +41,10 @@ struct V {
     const __m512i r = _mm512_ternarylogic_epi32(_mm512_castps_si512(d), ti, _mm512_set1_epi32((int)0x80000000u), 0x78);
     return _mm512_mask3_fmadd_ps(_mm512_castsi512_ps(r), _mm512_set1_ps(1.0f), acc, nz);
   }
+  static constexpr bool kGinSplit = true;
+  static inline T fsub(T a, T b) { return _mm512_fmsub_ps(a, _mm512_set1_ps(1.0f), b); }
+  // vrangeps, imm 0b0010 (select the smaller magnitude, sign of the first operand): clamp(t, -1, 1)
+  static inline T clamp1(T t) { return _mm512_range_ps(t, _mm512_set1_ps(1.0f), 0x2); }
   static constexpr bool kSplit2 = true;
   // de-interleave 16 pairs at a time; returns how many outputs were written
   static inline int64_t split2(const float* s, int64_t n, float* e, float* o) {
@@ -110,8 +114,9 @@ struct VS {
 
 constexpr int FWD_MR = 4, FWD_NR = 4;
 constexpr int64_t FWD_KC = 128;
-constexpr int GIN_MR = 2, GIN_NR = 4;
+constexpr int GIN_MR = 4, GIN_NR = 2;
 constexpr int GWS_MR = 3, GWS_NR = 4;
+constexpr int GWF_MR = 4, GWF_NR = 4;
 constexpr int SAD_MR = 6, SAD_NR = 4;
 constexpr int SH_MR = 4, SH_NR = 2;
 #define ISA_NAME "avx512"

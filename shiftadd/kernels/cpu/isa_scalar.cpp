@@ -29,6 +29,9 @@ struct V {
   static inline T accum(T acc, T t) { return acc + t; }
   static inline T sign_mul(T t, T d, T acc) { return t > 0.0f ? acc + d : (t < 0.0f ? acc - d : acc); }
   static inline float hsum(T v) { return v; }
+  static constexpr bool kGinSplit = false;
+  static inline T fsub(T a, T b) { return a - b; }
+  static inline T clamp1(T t) { return std::min(std::max(t, -1.0f), 1.0f); }
   static constexpr bool kSplit2 = false;
   static inline int64_t split2(const float*, int64_t, float*, float*) { return 0; }
   static constexpr bool kTranspose8 = false;
@@ -71,6 +74,7 @@ constexpr int FWD_MR = 4, FWD_NR = 2;
 constexpr int64_t FWD_KC = 128;
 constexpr int GIN_MR = 2, GIN_NR = 2;
 constexpr int GWS_MR = 2, GWS_NR = 2;
+constexpr int GWF_MR = 2, GWF_NR = 2;
 constexpr int SAD_MR = 2, SAD_NR = 2;
 constexpr int SH_MR = 2, SH_NR = 2;
 #define ISA_NAME "scalar"
