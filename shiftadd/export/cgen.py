@@ -1,0 +1,401 @@
+"""C99 code generation for an :class:`~shiftadd.export.intnet.IntegerNetwork`.
+
+``model.h`` declares ``int model_run(const int8_t *input, int32_t *logits)`` and the sizes as
+macros; ``model.c`` holds the weights as ``const`` arrays, ONE static activation arena whose
+size and buffer offsets are planned at export time, and one ``static`` function per op
+(``opNN_<kind>``) called in order by ``model_run``. No malloc, no libm, no floating point.
+
+Every loop walks its arrays by adding constant strides to offsets and pointers (no index
+products), so the adder/shift/pooling/add functions contain no multiplication instruction;
+:func:`shiftadd.export.toolchain.multiplications_in_object` checks that in the disassembly.
+The C relies on two's-complement behaviour that every C99 compiler for these targets has
+(arithmetic right shift of negative integers; conversion of out-of-range unsigned to signed);
+left shifts of possibly negative values go through ``uint32_t``/``uint64_t``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from shiftadd.export.intnet import INT32_MAX, INT32_MIN, IntegerNetwork, Op, build_integer_network
+
+#: Op kinds whose generated functions must contain no multiplication.
+MULTIPLICATION_FREE_KINDS = ("adder", "shift", "sumpool", "maxpool", "add", "relu", "pad_channels")
+ALIGN = 8
+
+
+def plan_arena(net: IntegerNetwork) -> Tuple[Dict[str, int], int]:
+    """Offsets of every internal tensor in one arena (tensors alive at the same time never overlap),
+    and the arena size in bytes. The input and the logits are the caller's buffers."""
+    first: Dict[str, int] = {}
+    last: Dict[str, int] = {}
+    for i, op in enumerate(net.ops):
+        first.setdefault(op.output, i)
+        last[op.output] = max(last.get(op.output, i), i)
+        for t in op.inputs:
+            last[t] = i
+    internal = [t for t in first if t not in (net.input_name, net.output_name)]
+    internal.sort(key=lambda t: (-net.tensors[t].nbytes, first[t]))
+    placed: List[Tuple[int, int, int, int]] = []  # (offset, end, first, last)
+    offsets: Dict[str, int] = {}
+    for t in internal:
+        size = -(-net.tensors[t].nbytes // ALIGN) * ALIGN
+        lo, hi = first[t], last[t]
+        clashes = sorted((o, e) for o, e, f, l in placed if not (l < lo or f > hi))
+        off = 0
+        for o, e in clashes:
+            if off + size <= o:
+                break
+            off = max(off, e)
+        offsets[t] = off
+        placed.append((off, off + size, lo, hi))
+    total = max((e for _, e, _, _ in placed), default=0)
+    return offsets, max(total, ALIGN)
+
+
+def _array(ctype: str, name: str, values: Iterable[int]) -> str:
+    vals = [str(int(v)) for v in values]
+    if ctype == "int64_t":
+        vals = [f"INT64_C({v})" for v in vals]
+    lines = [", ".join(vals[i:i + 24]) for i in range(0, len(vals), 24)] or ["0"]
+    body = ",\n    ".join(lines)
+    return f"static const {ctype} {name}[{max(len(vals), 1)}] = {{\n    {body}\n}};\n"
+
+
+def _round_shift_expr(x: str, k: int) -> str:
+    if k > 0:
+        return f"(({x} + {1 << (k - 1)}) >> {k})"
+    if k < 0:
+        return f"lsl32({x}, {-k})"
+    return x
+
+
+class _Emitter:
+    def __init__(self, net: IntegerNetwork) -> None:
+        self.net = net
+        self.offsets, self.arena_bytes = plan_arena(net)
+        self.data: List[str] = []
+        self.funcs: List[str] = []
+        self.calls: List[str] = []
+
+    def ref(self, tname: str, const: bool) -> str:
+        t = self.net.tensors[tname]
+        if tname == self.net.input_name:
+            return "input"
+        if tname == self.net.output_name:
+            return "logits"
+        off = self.offsets[tname]
+        return f"ARENA8({off})" if t.dtype == "int8" else f"ARENA32({off})"
+
+    @staticmethod
+    def ctype(dtype: str) -> str:
+        return "int8_t" if dtype == "int8" else "int32_t"
+
+    def emit(self) -> str:
+        for i, op in enumerate(self.net.ops):
+            fname = f"op{i:02d}_{op.kind}"
+            getattr(self, f"_{op.kind}")(fname, op)
+            args = ", ".join([self.ref(t, True) for t in op.inputs] + [self.ref(op.output, False)])
+            self.calls.append(f"    {fname}({args});")
+        return self._file()
+
+    # ------------------------------------------------------------------ op kinds
+    def _sig(self, fname: str, op: Op) -> str:
+        params = [f"const {self.ctype(self.net.tensors[t].dtype)} *restrict in{j}" for j, t in enumerate(op.inputs)]
+        params.append(f"{self.ctype(self.net.tensors[op.output].dtype)} *restrict out")
+        return f"static MODEL_NOINLINE void {fname}({', '.join(params)})"
+
+    def _conv_like(self, fname: str, op: Op) -> None:
+        g = op.params["geom"]
+        G, cin, cout = g["groups"], g["cin"], g["cout"]
+        CG, OCG = cin // G, cout // G
+        H, W, OH, OW, KH, KW = g["H"], g["W"], g["OH"], g["OW"], g["kh"], g["kw"]
+        (SH, SW), (PH, PW), (DH, DW) = g["stride"], g["padding"], g["dilation"]
+        K = CG * KH * KW
+        if op.kind == "shift":
+            self.data.append(_array("int8_t", f"{fname}_shift", op.params["shift"].flatten().tolist()))
+            self.data.append(_array("int8_t", f"{fname}_sign", op.params["sign"].flatten().tolist()))
+            has_right = bool((op.params["shift"] < 0).any())
+            shifted = ("(s >= 0 ? lsl32(x, s) : ((x + (1 << (-s - 1))) >> -s))" if has_right else "lsl32(x, s)")
+            weights = f"const int8_t *wo = {fname}_shift, *go = {fname}_sign;"
+            pointers, step = "const int8_t *w = wo, *gs = go;", "w++, gs++"
+            inner = (f"if (inb && *gs != 0) {{ const int32_t x = in0[ro + ix]; const int s = *w; "
+                     f"const int32_t t = {shifted}; acc += (*gs > 0) ? t : -t; }}")
+            advance = "wo += K, go += K"
+        else:
+            self.data.append(_array("int8_t", f"{fname}_w", op.params["qweight"].flatten().tolist()))
+            weights = f"const int8_t *wo = {fname}_w;"
+            pointers, step, advance = "const int8_t *w = wo;", "w++", "wo += K"
+            if op.kind == "conv":
+                inner = "if (inb) acc += (int32_t)in0[ro + ix] * (int32_t)*w;"
+            else:  # adder: zero padding is x = 0, which still costs |0 - w|
+                inner = "{ const int32_t d = (inb ? (int32_t)in0[ro + ix] : 0) - (int32_t)*w; acc -= (d < 0) ? -d : d; }"
+        self.funcs.append(f"""{self._sig(fname, op)}
+{{
+    /* {op.kind} {cin}->{cout}, {H}x{W} -> {OH}x{OW}, kernel {KH}x{KW}, stride {SH},{SW}, pad {PH},{PW}, dilation {DH},{DW}, groups {G} */
+    enum {{ G = {G}, CG = {CG}, OCG = {OCG}, H = {H}, W = {W}, OH = {OH}, OW = {OW}, KH = {KH}, KW = {KW},
+           K = {K}, HW = {H * W}, SH = {SH}, SW = {SW}, DH = {DH}, DW = {DW},
+           SHW = {SH * W}, DHW = {DH * W}, PH = {PH}, PW = {PW}, PHW = {PH * W} }};
+    {weights}
+    int32_t *o = out;
+    int cbase = 0;
+    for (int gi = 0; gi < G; gi++, cbase += CG * HW) {{
+        for (int oc = 0; oc < OCG; oc++, {advance}) {{
+            int iy0 = -PH, r0 = -PHW;
+            for (int oy = 0; oy < OH; oy++, iy0 += SH, r0 += SHW) {{
+                int ix0 = -PW;
+                for (int ox = 0; ox < OW; ox++, ix0 += SW) {{
+                    int32_t acc = 0;
+                    {pointers}
+                    int plane = cbase;
+                    for (int c = 0; c < CG; c++, plane += HW) {{
+                        int iy = iy0, ro = plane + r0;
+                        for (int u = 0; u < KH; u++, iy += DH, ro += DHW) {{
+                            const int rowin = (unsigned)iy < (unsigned)H;
+                            int ix = ix0;
+                            for (int v = 0; v < KW; v++, ix += DW, {step}) {{
+                                const int inb = rowin && (unsigned)ix < (unsigned)W;
+                                {inner}
+                            }}
+                        }}
+                    }}
+                    *o++ = acc;
+                }}
+            }}
+        }}
+    }}
+}}
+""")
+
+    _conv = _adder = _shift = _conv_like
+
+    def _requant(self, fname: str, op: Op) -> None:
+        p = op.params
+        t = self.net.tensors[op.output]
+        C, HW = t.shape[0], t.shape[1] * t.shape[2]
+        otype = self.ctype(t.dtype)
+        self.data.append(_array("int64_t", f"{fname}_B", p["B"].tolist()))
+        n = p["n"]
+        if p["mode"] == "mult":
+            self.data.append(_array("int32_t", f"{fname}_M", p["M"].tolist()))
+            setup = f"const int32_t m = {fname}_M[c]; const int64_t b = {fname}_B[c];"
+            expr = f"((int64_t)a[i] * m + b) >> {n}"
+            what = f"per-channel multiplier, >> {n}"
+        elif n > 0:
+            setup = f"const int64_t b = {fname}_B[c];"
+            expr = f"((int64_t)a[i] + b) >> {n}"
+            what = f"shift only, >> {n}"
+        else:
+            setup = f"const int64_t b = {fname}_B[c];"
+            expr = f"lsl64((int64_t)a[i], {-n}) + b"
+            what = f"shift only, << {-n}"
+        lo, hi = int(p["lo"]), int(p["hi"])
+        lo_s = "INT32_MIN" if lo == INT32_MIN else str(lo)
+        hi_s = "INT32_MAX" if hi == INT32_MAX else str(hi)
+        self.funcs.append(f"""{self._sig(fname, op)}
+{{
+    /* requantise {C}x{HW} accumulators ({what}), saturate to [{lo_s}, {hi_s}] */
+    const int32_t *a = in0;
+    {otype} *o = out;
+    for (int c = 0; c < {C}; c++, a += {HW}, o += {HW}) {{
+        {setup}
+        for (int i = 0; i < {HW}; i++) {{
+            int64_t v = {expr};
+            if (v < {lo_s}) v = {lo_s};
+            if (v > {hi_s}) v = {hi_s};
+            o[i] = ({otype})v;
+        }}
+    }}
+}}
+""")
+
+    def _add(self, fname: str, op: Op) -> None:
+        p = op.params
+        t = self.net.tensors[op.output]
+        a, b = _round_shift_expr("(int32_t)in0[i]", p["ka"]), _round_shift_expr("(int32_t)in1[i]", p["kb"])
+        self.funcs.append(f"""{self._sig(fname, op)}
+{{
+    /* residual add: operands aligned by shifts ({p['ka']}, {p['kb']}), saturate to [{p['lo']}, {p['hi']}] */
+    for (int i = 0; i < {t.numel}; i++) {{
+        int32_t v = {a} + {b};
+        if (v < {p['lo']}) v = {p['lo']};
+        if (v > {p['hi']}) v = {p['hi']};
+        out[i] = (int8_t)v;
+    }}
+}}
+""")
+
+    def _relu(self, fname: str, op: Op) -> None:
+        t = self.net.tensors[op.output]
+        self.funcs.append(f"""{self._sig(fname, op)}
+{{
+    for (int i = 0; i < {t.numel}; i++) out[i] = in0[i] > 0 ? in0[i] : 0;
+}}
+""")
+
+    def _pool(self, fname: str, op: Op, is_max: bool) -> None:
+        p = op.params
+        x, t = self.net.tensors[op.inputs[0]], self.net.tensors[op.output]
+        C, H, W = x.shape
+        _, OH, OW = t.shape
+        (KH, KW), (SH, SW) = p["kernel"], p["stride"]
+        PH, PW = p.get("padding", (0, 0))
+        if is_max:
+            init, acc_t = "-128", "int32_t"
+            inner = "if (inb && in0[ro + ix] > acc) acc = in0[ro + ix];"
+            store = "*o++ = (int8_t)acc;"
+        else:
+            init, acc_t = "0", "int32_t"
+            inner = "if (inb) acc += in0[ro + ix];"
+            store = "*o++ = acc;"
+        self.funcs.append(f"""{self._sig(fname, op)}
+{{
+    /* {'max' if is_max else 'sum'} pool {C}x{H}x{W} -> {OH}x{OW}, kernel {KH}x{KW}, stride {SH},{SW}, pad {PH},{PW} */
+    enum {{ H = {H}, W = {W}, HW = {H * W}, SHW = {SH * W}, PHW = {PH * W} }};
+    {'int8_t' if is_max else 'int32_t'} *o = out;
+    for (int c = 0, plane = 0; c < {C}; c++, plane += HW) {{
+        int iy0 = -{PH}, r0 = -PHW;
+        for (int oy = 0; oy < {OH}; oy++, iy0 += {SH}, r0 += SHW) {{
+            int ix0 = -{PW};
+            for (int ox = 0; ox < {OW}; ox++, ix0 += {SW}) {{
+                {acc_t} acc = {init};
+                int iy = iy0, ro = plane + r0;
+                for (int u = 0; u < {KH}; u++, iy++, ro += W) {{
+                    const int rowin = (unsigned)iy < (unsigned)H;
+                    int ix = ix0;
+                    for (int v = 0; v < {KW}; v++, ix++) {{
+                        const int inb = rowin && (unsigned)ix < (unsigned)W;
+                        {inner}
+                    }}
+                }}
+                {store}
+            }}
+        }}
+    }}
+}}
+""")
+
+    def _maxpool(self, fname: str, op: Op) -> None:
+        self._pool(fname, op, True)
+
+    def _sumpool(self, fname: str, op: Op) -> None:
+        self._pool(fname, op, False)
+
+    def _pad_channels(self, fname: str, op: Op) -> None:
+        p = op.params
+        x, t = self.net.tensors[op.inputs[0]], self.net.tensors[op.output]
+        C, H, W = x.shape
+        _, OH, OW = t.shape
+        s = p["stride"]
+        self.funcs.append(f"""{self._sig(fname, op)}
+{{
+    /* option-A shortcut: subsample by {s}, {p['before']} zero channels before and {p['after']} after */
+    int8_t *o = out;
+    for (int i = 0; i < {p['before'] * OH * OW}; i++) *o++ = 0;
+    for (int c = 0, plane = 0; c < {C}; c++, plane += {H * W})
+        for (int y = 0, row = plane; y < {OH}; y++, row += {s * W})
+            for (int xx = 0, col = row; xx < {OW}; xx++, col += {s}) *o++ = in0[col];
+    for (int i = 0; i < {p['after'] * OH * OW}; i++) *o++ = 0;
+}}
+""")
+
+    # ------------------------------------------------------------------ files
+    def _file(self) -> str:
+        words = -(-self.arena_bytes // 8)
+        return f"""/* Generated by shiftadd.export: integer inference of a trained network.
+ * C99, no malloc, no libm, no floating point. See model.h and docs/deploy.md. */
+#include "model.h"
+
+#if defined(__GNUC__)
+#define MODEL_NOINLINE __attribute__((noinline))
+#else
+#define MODEL_NOINLINE
+#endif
+
+/* x * 2^s for s >= 0 without the undefined left shift of negative values */
+static inline int32_t lsl32(int32_t x, int s) {{ return (int32_t)((uint32_t)x << s); }}
+static inline int64_t lsl64(int64_t x, int s) {{ return (int64_t)((uint64_t)x << s); }}
+
+/* one activation arena, offsets planned at export time ({self.arena_bytes} bytes) */
+static int64_t model_arena[{words}];
+#define ARENA8(off) ((int8_t *)model_arena + (off))
+#define ARENA32(off) ((int32_t *)(void *)((int8_t *)model_arena + (off)))
+
+{''.join(self.data)}
+{''.join(self.funcs)}
+int model_run(const int8_t *input, int32_t *logits)
+{{
+{chr(10).join(self.calls)}
+    return 0;
+}}
+"""
+
+    def header(self) -> str:
+        net = self.net
+        C, H, W = net.input_shape
+        return f"""/* Generated by shiftadd.export. */
+#ifndef SHIFTADD_MODEL_H
+#define SHIFTADD_MODEL_H
+
+#include <stdint.h>
+
+#define MODEL_INPUT_CHANNELS {C}
+#define MODEL_INPUT_HEIGHT {H}
+#define MODEL_INPUT_WIDTH {W}
+#define MODEL_INPUT_SIZE {C * H * W}
+/* input code = clamp(round(x * 2^MODEL_INPUT_FRAC), -127, 127), x the normalised pixel, CHW order */
+#define MODEL_INPUT_FRAC {net.input_frac}
+#define MODEL_NUM_CLASSES {net.num_classes}
+/* logit value = logits[i] * 2^-MODEL_LOGIT_FRAC */
+#define MODEL_LOGIT_FRAC {net.logit_frac}
+#define MODEL_ARENA_BYTES {self.arena_bytes}
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+/* Runs one image; writes MODEL_NUM_CLASSES int32 logits. Returns 0. Not reentrant (one static arena). */
+int model_run(const int8_t *input, int32_t *logits);
+
+#ifdef __cplusplus
+}}
+#endif
+
+#endif
+"""
+
+
+def generate_c(net: IntegerNetwork) -> Dict[str, str]:
+    """The C sources of ``net``: ``{"model.h": ..., "model.c": ...}``."""
+    em = _Emitter(net)
+    source = em.emit()
+    return {"model.h": em.header(), "model.c": source}
+
+
+def arena_bytes(net: IntegerNetwork) -> int:
+    """Size of the static activation arena the generated code uses."""
+    return plan_arena(net)[1]
+
+
+def write_c(net: IntegerNetwork, out_dir: str) -> Dict[str, str]:
+    """Write model.h and model.c into ``out_dir`` (created); returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {}
+    for name, text in generate_c(net).items():
+        path = os.path.join(out_dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        paths[name] = path
+    return paths
+
+
+def export_c(model: nn.Module, calib_images: torch.Tensor, out_dir: str) -> IntegerNetwork:
+    """Quantise ``model`` on ``calib_images`` (float, normalised) and write its C library into ``out_dir``.
+
+    Returns the :class:`IntegerNetwork` the C code reproduces bit for bit."""
+    net = build_integer_network(model, calib_images)
+    write_c(net, out_dir)
+    return net
