@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "shiftadd.commands.compress",
     "shiftadd.energy.commands",
     "shiftadd.kernels.commands",
+    "shiftadd.commands.export",
 ]
 
 

@@ -91,7 +91,11 @@ def _round_shift(x: torch.Tensor, k: int) -> torch.Tensor:
 class IntegerNetwork:
     """The integer model the C code mirrors (build with :func:`build_integer_network`)."""
 
-    def __init__(self, input_shape: Tuple[int, int, int], num_classes: int) -> None:
+    def __init__(self, input_shape: Tuple[int, int, int], num_classes: int, bits: int = 8) -> None:
+        if not 2 <= int(bits) <= 8:
+            raise UserError(f"bits must be in [2, 8] (activations are stored as int8), got {bits}")
+        self.bits = int(bits)
+        self.qmax = 2 ** (self.bits - 1) - 1
         self.input_shape = input_shape
         self.num_classes = num_classes
         self.tensors: Dict[str, Tensor] = {}
@@ -121,9 +125,9 @@ class IntegerNetwork:
 
     # ----------------------------------------------------------------------------- running
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        """int8 codes of a float (normalised) input batch: clamp(round(x * 2^f_in), -127, 127)."""
+        """int8 codes of a float (normalised) input batch: clamp(round(x * 2^f_in), -qmax, qmax)."""
         f = self.input_frac
-        return torch.round(x.detach().double() * 2.0 ** f).clamp_(-QMAX, QMAX).to(torch.int8)
+        return torch.round(x.detach().double() * 2.0 ** f).clamp_(-self.qmax, self.qmax).to(torch.int8)
 
     @torch.no_grad()
     def run(self, q_input: torch.Tensor, keep: bool = False) -> Any:
@@ -300,9 +304,10 @@ def _layer_weight(node: Node) -> Tuple[torch.Tensor, Optional[torch.Tensor], Dic
                      "groups": int(m.groups), "linear": False}
 
 
-def build_integer_network(model: nn.Module, calib_images: torch.Tensor) -> IntegerNetwork:
+def build_integer_network(model: nn.Module, calib_images: torch.Tensor, bits: int = 8) -> IntegerNetwork:
     """Lower ``model`` (eval mode) to an :class:`IntegerNetwork` calibrated on ``calib_images``
-    (a float batch (N, C, H, W), normalised as the model expects)."""
+    (a float batch (N, C, H, W), normalised as the model expects); ``bits`` (2..8) is the width
+    of activations and conv/adder weights (codes in [-(2^(bits-1) - 1), 2^(bits-1) - 1])."""
     if not isinstance(calib_images, torch.Tensor) or calib_images.dim() != 4 or not calib_images.is_floating_point():
         raise UserError("calibration images must be a float tensor (N, C, H, W)")
     model = model.eval()
@@ -312,7 +317,7 @@ def build_integer_network(model: nn.Module, calib_images: torch.Tensor) -> Integ
     input_shape = tuple(int(s) for s in calib.shape[1:])
     with torch.no_grad():
         num_classes = int(model(calib[:1]).reshape(1, -1).shape[1])
-    net = IntegerNetwork(input_shape, num_classes)
+    net = IntegerNetwork(input_shape, num_classes, bits)
     _Lowering(net, nodes, max_abs).run()
     _finalize(net)
     return net
@@ -483,7 +488,7 @@ class _Lowering:
 # --------------------------------------------------------------------------------- finalisation
 def _finalize(net: IntegerNetwork) -> None:
     """Choose every frac, quantise the weights and compute the requantisation constants."""
-    fracs = {g: _frac_for(m) for g, m in net._group_max.items()}
+    fracs = {g: _frac_for(m, net.qmax) for g, m in net._group_max.items()}
     for t in net.tensors.values():
         if t.dtype == "int8":
             t.frac = fracs[t.group]
@@ -491,21 +496,21 @@ def _finalize(net: IntegerNetwork) -> None:
     for op in net.ops:
         if op.kind in ("conv", "adder", "shift"):
             fin = net.tensors[op.inputs[0]].frac
-            acc_scale[op.output] = _quantise_layer(op, fin)
+            acc_scale[op.output] = _quantise_layer(op, fin, net.qmax)
         elif op.kind == "sumpool":
             fin = net.tensors[op.inputs[0]].frac
             C = net.tensors[op.output].shape[0]
             acc_scale[op.output] = torch.full((C,), 2.0 ** -fin / op.params["count"], dtype=torch.float64)
-            op.params["bound"] = QMAX * op.params["count"]
+            op.params["bound"] = net.qmax * op.params["count"]
         elif op.kind == "requant":
             _requant_constants(net, op, acc_scale[op.inputs[0]])
         elif op.kind == "add":
             fo = net.tensors[op.output].frac
             a, b = (net.tensors[i].frac for i in op.inputs)
-            op.params.update(ka=a - fo, kb=b - fo, lo=0 if op.params["relu"] else -QMAX, hi=QMAX)
+            op.params.update(ka=a - fo, kb=b - fo, lo=0 if op.params["relu"] else -net.qmax, hi=net.qmax)
 
 
-def _quantise_layer(op: Op, fin: int) -> torch.Tensor:
+def _quantise_layer(op: Op, fin: int, qmax: int) -> torch.Tensor:
     """Integer weights of a conv / adder / shift op; returns the accumulator's per-channel scale."""
     w: torch.Tensor = op.params["weight"]
     O = w.shape[0]
@@ -513,16 +518,16 @@ def _quantise_layer(op: Op, fin: int) -> torch.Tensor:
     K = w[0].numel()
     if op.kind == "conv":
         wmax = w.reshape(O, -1).abs().amax(1)
-        sw = torch.where(wmax > 0, wmax / QMAX, torch.ones_like(wmax))
-        q = torch.round(w / sw.view(-1, 1, 1, 1)).clamp(-QMAX, QMAX)
+        sw = torch.where(wmax > 0, wmax / qmax, torch.ones_like(wmax))
+        q = torch.round(w / sw.view(-1, 1, 1, 1)).clamp(-qmax, qmax)
         op.params["qweight"] = q.to(torch.int8)
-        op.params["bound"] = int(q.reshape(O, -1).abs().sum(1).max()) * QMAX
+        op.params["bound"] = int(q.reshape(O, -1).abs().sum(1).max()) * qmax
         op.params["macs"] = _valid_taps(g) * (g["cin"] // g["groups"]) * O
         return sw * 2.0 ** -fin
     if op.kind == "adder":
-        q = torch.round(w * 2.0 ** fin).clamp(-QMAX, QMAX)
+        q = torch.round(w * 2.0 ** fin).clamp(-qmax, qmax)
         op.params["qweight"] = q.to(torch.int8)
-        op.params["bound"] = int((q.reshape(O, -1).abs() + QMAX).sum(1).max())
+        op.params["bound"] = int((q.reshape(O, -1).abs() + qmax).sum(1).max())
         return torch.full((O,), 2.0 ** -fin, dtype=torch.float64)
     # shift: w = sign * 2^p
     nz = w != 0
@@ -539,7 +544,7 @@ def _quantise_layer(op: Op, fin: int) -> torch.Tensor:
     while True:
         s = torch.where(nz, p + e, torch.zeros_like(p))
         bound = int((torch.where(nz, torch.pow(2.0, s.double()), torch.zeros_like(w)).reshape(O, -1).sum(1).max()
-                     * QMAX)) + K
+                     * qmax)) + K
         if bound <= INT32_MAX or e < -31:
             break
         e -= 1
@@ -567,7 +572,7 @@ def _requant_constants(net: IntegerNetwork, op: Op, S: torch.Tensor) -> None:
     if p["logits"]:
         p["lo"], p["hi"] = INT32_MIN, INT32_MAX
     else:
-        p["lo"], p["hi"] = (0 if p["relu"] else -QMAX), QMAX
+        p["lo"], p["hi"] = (0 if p["relu"] else -net.qmax), net.qmax
     mant, ex = torch.frexp(m)
     if bool((mant == 0.5).all()) and bool((ex == ex[0]).all()):  # one power of two 2^-n for all channels
         n = int(1 - ex[0])
