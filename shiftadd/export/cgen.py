@@ -23,7 +23,7 @@ import torch.nn as nn
 from shiftadd.export.intnet import INT32_MAX, INT32_MIN, IntegerNetwork, Op, build_integer_network
 
 #: Op kinds whose generated functions must contain no multiplication.
-MULTIPLICATION_FREE_KINDS = ("adder", "shift", "sumpool", "maxpool", "add", "relu", "pad_channels")
+MULTIPLICATION_FREE_KINDS = ("adder", "shift", "sumpool", "maxpool", "add", "relu", "pad", "pad_channels")
 ALIGN = 4  # elements
 
 
@@ -122,6 +122,10 @@ class _Emitter:
         H, W, OH, OW, KH, KW = g["H"], g["W"], g["OH"], g["OW"], g["kh"], g["kw"]
         (SH, SW), (PH, PW), (DH, DW) = g["stride"], g["padding"], g["dilation"]
         K = CG * KH * KW
+        padded = bool(PH or PW)
+        guard = "inb && " if padded else ""
+        check = "const int inb = rowin && (unsigned)ix < (unsigned)W;" if padded else ""
+        rowcheck = "const int rowin = (unsigned)iy < (unsigned)H;" if padded else ""
         if op.kind == "shift":
             self.data.append(_array("int8_t", f"{fname}_shift", op.params["shift"].flatten().tolist()))
             self.data.append(_array("int8_t", f"{fname}_sign", op.params["sign"].flatten().tolist()))
@@ -129,17 +133,18 @@ class _Emitter:
             shifted = ("(s >= 0 ? lsl32(x, s) : ((x + (1 << (-s - 1))) >> -s))" if has_right else "lsl32(x, s)")
             weights = f"const int8_t *wo = {fname}_shift, *go = {fname}_sign;"
             pointers, step = "const int8_t *w = wo, *gs = go;", "w++, gs++"
-            inner = (f"if (inb && *gs != 0) {{ const int32_t x = in0[ro + ix]; const int s = *w; "
+            inner = (f"if ({guard}*gs != 0) {{ const int32_t x = in0[ro + ix]; const int s = *w; "
                      f"const int32_t t = {shifted}; acc += (*gs > 0) ? t : -t; }}")
             advance = "wo += K, go += K"
         else:
             self.data.append(_array("int8_t", f"{fname}_w", op.params["qweight"].flatten().tolist()))
             weights = f"const int8_t *wo = {fname}_w;"
             pointers, step, advance = "const int8_t *w = wo;", "w++", "wo += K"
+            x = "(inb ? (int32_t)in0[ro + ix] : 0)" if padded else "(int32_t)in0[ro + ix]"
             if op.kind == "conv":
-                inner = "if (inb) acc += (int32_t)in0[ro + ix] * (int32_t)*w;"
+                inner = f"{'if (inb) ' if padded else ''}acc += (int32_t)in0[ro + ix] * (int32_t)*w;"
             else:  # adder: zero padding is x = 0, which still costs |0 - w|
-                inner = "{ const int32_t d = (inb ? (int32_t)in0[ro + ix] : 0) - (int32_t)*w; acc -= (d < 0) ? -d : d; }"
+                inner = f"{{ const int32_t d = {x} - (int32_t)*w; acc -= (d < 0) ? -d : d; }}"
         self.funcs.append(f"""{self._sig(fname, op)}
 {{
     /* {op.kind} {cin}->{cout}, {H}x{W} -> {OH}x{OW}, kernel {KH}x{KW}, stride {SH},{SW}, pad {PH},{PW}, dilation {DH},{DW}, groups {G} */
@@ -161,10 +166,10 @@ class _Emitter:
                     for (int c = 0; c < CG; c++, plane += HW) {{
                         int iy = iy0, ro = plane + r0;
                         for (int u = 0; u < KH; u++, iy += DH, ro += DHW) {{
-                            const int rowin = (unsigned)iy < (unsigned)H;
+                            {rowcheck}
                             int ix = ix0;
                             for (int v = 0; v < KW; v++, ix += DW, {step}) {{
-                                const int inb = rowin && (unsigned)ix < (unsigned)W;
+                                {check}
                                 {inner}
                             }}
                         }}
@@ -290,6 +295,28 @@ class _Emitter:
 
     def _sumpool(self, fname: str, op: Op) -> None:
         self._pool(fname, op, False)
+
+    def _pad(self, fname: str, op: Op) -> None:
+        x, t = self.net.tensors[op.inputs[0]], self.net.tensors[op.output]
+        C, H, W = x.shape
+        ph, pw = op.params["padding"]
+        OW = t.shape[2]
+        self.funcs.append(f"""{self._sig(fname, op)}
+{{
+    /* zero border of {ph},{pw} around {C}x{H}x{W} */
+    const int8_t *i = in0;
+    int8_t *o = out;
+    for (int c = 0; c < {C}; c++) {{
+        for (int k = 0; k < {ph * OW}; k++) *o++ = 0;
+        for (int y = 0; y < {H}; y++) {{
+            for (int k = 0; k < {pw}; k++) *o++ = 0;
+            for (int k = 0; k < {W}; k++) *o++ = *i++;
+            for (int k = 0; k < {pw}; k++) *o++ = 0;
+        }}
+        for (int k = 0; k < {ph * OW}; k++) *o++ = 0;
+    }}
+}}
+""")
 
     def _pad_channels(self, fname: str, op: Op) -> None:
         p = op.params

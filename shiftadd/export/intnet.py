@@ -19,7 +19,9 @@ into int8 (or into the int32 logits):
   (these multiplications are counted). B_c includes the rounding half (round half up);
   saturates to [-127, 127] ([0, 127] when a ReLU is fused), int32 for the logits;
 * ``add`` (residual): each operand aligned to the output scale by a rounded shift, summed, saturated;
-* ``maxpool``, ``relu`` (when not fused), ``pad_channels`` (option-A shortcut): exact on codes.
+* ``maxpool``, ``relu`` (when not fused), ``pad_channels`` (option-A shortcut) and ``pad`` (a
+  zero border copied around the input of a padded conv-like layer, so its loops need no bounds
+  checks): exact on codes.
 
 Scales come from a calibration batch: every tensor's frac is the largest f with
 max|x| * 2^f <= 127 (max-abs calibration); a tensor read by an adder layer also covers that
@@ -254,6 +256,11 @@ def _run_relu(net: IntegerNetwork, op: Op, x: torch.Tensor) -> torch.Tensor:
     return x.clamp(min=0)
 
 
+def _run_pad(net: IntegerNetwork, op: Op, x: torch.Tensor) -> torch.Tensor:
+    ph, pw = op.params["padding"]
+    return F.pad(x, (pw, pw, ph, ph))
+
+
 def _run_pad_channels(net: IntegerNetwork, op: Op, x: torch.Tensor) -> torch.Tensor:
     p = op.params
     x = x[:, :, ::p["stride"], ::p["stride"]]
@@ -262,7 +269,7 @@ def _run_pad_channels(net: IntegerNetwork, op: Op, x: torch.Tensor) -> torch.Ten
 
 _RUN = {"conv": _run_conv, "adder": _run_adder, "shift": _run_shift, "sumpool": _run_sumpool,
         "maxpool": _run_maxpool, "requant": _run_requant, "add": _run_add, "relu": _run_relu,
-        "pad_channels": _run_pad_channels}
+        "pad": _run_pad, "pad_channels": _run_pad_channels}
 
 
 # --------------------------------------------------------------------------------- lowering
@@ -399,6 +406,11 @@ class _Lowering:
         (sh, sw), (ph, pw), (dh, dw) = geom["stride"], geom["padding"], geom["dilation"]
         OH = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
         OW = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        if ph or pw:  # copy into a zero-bordered buffer, so the layer's loops need no bounds checks
+            padded = self.net._tensor((cin, H + 2 * ph, W + 2 * pw), "int8", x.group)
+            self.op("pad", f"{n.name}_pad", [x.name], padded, padding=(ph, pw))
+            x, H, W = padded, H + 2 * ph, W + 2 * pw
+            geom["padding"] = (0, 0)
         geom.update(cin=cin, cout=O, kh=kh, kw=kw, H=H, W=W, OH=OH, OW=OW)
         acc = self.net._tensor((O, OH, OW), "int32")
         self.op(n.kind, n.name, [x.name], acc, geom=geom, weight=w)
