@@ -339,3 +339,36 @@ def test_cortex_m3_build_under_qemu_is_bit_exact_and_multiplication_free(tmp_pat
     assert any(c > 0 for f, c in counts.items() if f.endswith("_conv"))
     size = tc.arm_size(str(tmp_path), str(tmp_path))
     assert size.bss >= sum(plan_arena(net)[1].values()) and size.text > 0 and size.stack > 0
+
+
+@needs_cc
+@pytest.mark.parametrize("name,op,options,shape", [
+    ("mnist-cnn", "adder", {}, (1, 28, 28)), ("mnist-cnn", "shiftadd", {}, (1, 28, 28)),
+    ("lenet5", "shift-ps", {"keep_first_last": False}, (1, 28, 28)), ("mnist-mlp", "shiftadd", {"hidden": 32}, (1, 28, 28)),
+    ("vgg-small", "adder", {"width_mult": 0.125}, (3, 32, 32)), ("vgg-small", "shiftadd", {"width_mult": 0.125}, (3, 32, 32)),
+])
+def test_zoo_models_export_bit_exact(name, op, options, shape, tmp_path):
+    from shiftadd.models import create
+
+    torch.manual_seed(0)
+    model = create(name, op=op, **options)
+    x = torch.randn(16, *shape)
+    _recalibrate_bn(model, x)
+    net, _ = _c_matches_reference(model, x, tmp_path)
+    _close_to_float(model, net, x, tol=0.2)
+
+
+@needs_cc
+def test_shift_layer_spanning_many_octaves_uses_rounded_right_shifts_and_stays_exact(tmp_path):
+    torch.manual_seed(6)
+    layer = ShiftLinear(2048, 4, bias=True)
+    w = torch.randn(4, 2048).sign() * torch.pow(2.0, -torch.randint(0, 15, (4, 2048)).float())
+    w[:, :1024] = torch.randn(4, 1024).sign()  # many taps of 2^0 next to 2^-14: int32 would overflow at e = 14
+    layer.set_weight(w)
+    model = nn.Sequential(nn.Flatten(), layer).eval()
+    x = torch.rand(16, 2, 32, 32)
+    net, _ = _c_matches_reference(model, x, tmp_path)
+    shift_op = next(op for op in net.ops if op.kind == "shift")
+    assert int(shift_op.params["shift"].min()) < 0 and shift_op.params["exponent"] < 14
+    assert shift_op.params["bound"] <= 2 ** 31 - 1
+    _close_to_float(model, net, x, tol=0.05)

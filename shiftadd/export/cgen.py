@@ -126,16 +126,16 @@ class _Emitter:
         guard = "inb && " if padded else ""
         check = "const int inb = rowin && (unsigned)ix < (unsigned)W;" if padded else ""
         rowcheck = "const int rowin = (unsigned)iy < (unsigned)H;" if padded else ""
-        if op.kind == "shift":
-            self.data.append(_array("int8_t", f"{fname}_shift", op.params["shift"].flatten().tolist()))
-            self.data.append(_array("int8_t", f"{fname}_sign", op.params["sign"].flatten().tolist()))
-            has_right = bool((op.params["shift"] < 0).any())
+        if op.kind == "shift":  # one byte per weight: 0 = zero weight, else sign * (shift + 32)
+            code = op.params["sign"].to(torch.int64) * (op.params["shift"].to(torch.int64) + 32)
+            self.data.append(_array("int8_t", f"{fname}_w", code.flatten().tolist()))
+            has_right = bool((op.params["shift"][op.params["sign"] != 0] < 0).any())
             shifted = ("(s >= 0 ? lsl32(x, s) : ((x + (1 << (-s - 1))) >> -s))" if has_right else "lsl32(x, s)")
-            weights = f"const int8_t *wo = {fname}_shift, *go = {fname}_sign;"
-            pointers, step = "const int8_t *w = wo, *gs = go;", "w++, gs++"
-            inner = (f"if ({guard}*gs != 0) {{ const int32_t x = in0[ro + ix]; const int s = *w; "
-                     f"const int32_t t = {shifted}; acc += (*gs > 0) ? t : -t; }}")
-            advance = "wo += K, go += K"
+            weights = f"const int8_t *wo = {fname}_w;"
+            pointers, step = "const int8_t *w = wo;", "w++"
+            inner = (f"if ({guard}*w != 0) {{ const int32_t x = in0[ro + ix]; const int neg = *w < 0; "
+                     f"const int s = (neg ? -*w : *w) - 32; const int32_t t = {shifted}; acc += neg ? -t : t; }}")
+            advance = "wo += K"
         else:
             self.data.append(_array("int8_t", f"{fname}_w", op.params["qweight"].flatten().tolist()))
             weights = f"const int8_t *wo = {fname}_w;"
