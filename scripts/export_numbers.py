@@ -32,6 +32,30 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
+def train_briefly(model: nn.Module, train, steps: int, lr: float = 0.05) -> None:
+    """Plain SGD with momentum, no augmentation: enough for a model that is clearly better than chance."""
+    import torch.nn.functional as F
+
+    from shiftadd.data import BatchLoader
+
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    model.train()
+    step, epoch = 0, 0
+    loader = BatchLoader(train, 64, shuffle=True, augment=False)
+    while step < steps:
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if step >= steps:
+                break
+        epoch += 1
+    model.eval()
+
+
 def main() -> None:
     from shiftadd.data import BatchLoader, load_dataset
     from shiftadd.export import build_integer_network, toolchain as tc
@@ -44,6 +68,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=200, help="embedded test images for the host check")
     ap.add_argument("--qemu-images", type=int, default=3)
     ap.add_argument("--calib", type=int, default=256)
+    ap.add_argument("--train-steps", type=int, default=0,
+                    help="first train each model this many SGD steps (batch 64) on the embedded training images")
+    ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--out", default=None, help="keep the generated folders here")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
@@ -54,7 +81,12 @@ def main() -> None:
     rows = []
     for op in [o.strip() for o in args.ops.split(",") if o.strip()]:
         torch.manual_seed(0)
-        model = recalibrate_bn(create(args.model, op=op), calib)
+        model = create(args.model, op=op, width=args.width)
+        t0 = time.perf_counter()
+        if args.train_steps:
+            train_briefly(model, train, args.train_steps)
+        train_s = time.perf_counter() - t0
+        model = recalibrate_bn(model, calib) if not args.train_steps else model.eval()
         t0 = time.perf_counter()
         net = build_integer_network(model, calib)
         build_s = time.perf_counter() - t0
@@ -68,7 +100,8 @@ def main() -> None:
             t0 = time.perf_counter()
             float_logits = torch.cat([model(b) for b in images.split(50)])
             float_s = time.perf_counter() - t0
-        row = {"op": op, "ops": len(net.ops), "build_s": round(build_s, 2),
+        row = {"op": op, "model": args.model, "train_steps": args.train_steps, "train_s": round(train_s, 1),
+               "ops": len(net.ops), "build_s": round(build_s, 2),
                "host_bit_exact": bool(torch.equal(host["logits"], ref)), "images": len(q),
                "c_images_per_s": round(len(q) / host["seconds"], 1),
                "torch_float32_images_per_s": round(len(q) / float_s, 1),

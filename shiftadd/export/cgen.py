@@ -20,11 +20,33 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from shiftadd.export.intnet import INT32_MAX, INT32_MIN, IntegerNetwork, Op, build_integer_network
+from shiftadd.export.intnet import ACCUMULATING, INT32_MAX, INT32_MIN, IntegerNetwork, Op, build_integer_network
 
 #: Op kinds whose generated functions must contain no multiplication.
 MULTIPLICATION_FREE_KINDS = ("adder", "shift", "sumpool", "maxpool", "add", "relu", "pad", "pad_channels")
 ALIGN = 4  # elements
+
+
+def fused_requant(net: IntegerNetwork) -> Dict[int, int]:
+    """{accumulating op index: index of the requantisation right after it} where the accumulator
+    has no other reader: the C then requantises each output channel as soon as it is computed,
+    so only one channel of int32 accumulators is ever stored."""
+    readers: Dict[str, int] = {}
+    for op in net.ops:
+        for t in op.inputs:
+            readers[t] = readers.get(t, 0) + 1
+    fused = {}
+    for i, op in enumerate(net.ops[:-1]):
+        nxt = net.ops[i + 1]
+        if op.kind in ACCUMULATING and nxt.kind == "requant" and nxt.inputs == [op.output] and readers[op.output] == 1:
+            fused[i] = i + 1
+    return fused
+
+
+def scratch_elements(net: IntegerNetwork) -> int:
+    """Size of the one-channel accumulator scratch buffer (int32 elements)."""
+    shapes = [net.tensors[net.ops[i].output].shape for i in fused_requant(net)]
+    return max([s[1] * s[2] for s in shapes] or [1])
 
 
 def plan_arena(net: IntegerNetwork) -> Tuple[Dict[str, int], Dict[str, int]]:
@@ -32,18 +54,24 @@ def plan_arena(net: IntegerNetwork) -> Tuple[Dict[str, int], Dict[str, int]]:
 
     Two static arenas, ``int8`` activations and ``int32`` accumulators (one typed array each, so the C
     never accesses an object through another type); tensors alive at the same time never overlap.
-    The input and the logits are the caller's buffers."""
+    The input and the logits are the caller's buffers; accumulators requantised channel by channel
+    (:func:`fused_requant`) share one channel-sized scratch buffer instead."""
+    fused = fused_requant(net)
+    call = {j: i for i, j in fused.items()}  # a fused requantisation runs inside the op before it
     first: Dict[str, int] = {}
     last: Dict[str, int] = {}
-    for i, op in enumerate(net.ops):
+    for j, op in enumerate(net.ops):
+        i = call.get(j, j)
         first.setdefault(op.output, i)
         last[op.output] = max(last.get(op.output, i), i)
         for t in op.inputs:
             last[t] = i
     offsets: Dict[str, int] = {}
     sizes: Dict[str, int] = {}
+    per_channel = {net.ops[i].output for i in fused}  # never stored whole
     for dtype in ("int8", "int32"):
-        internal = [t for t in first if t not in (net.input_name, net.output_name) and net.tensors[t].dtype == dtype]
+        internal = [t for t in first if t not in (net.input_name, net.output_name) and t not in per_channel
+                    and net.tensors[t].dtype == dtype]
         internal.sort(key=lambda t: (-net.tensors[t].numel, first[t]))
         placed: List[Tuple[int, int, int, int]] = []  # (offset, end, first, last)
         for t in internal:
@@ -83,8 +111,12 @@ class _Emitter:
     def __init__(self, net: IntegerNetwork) -> None:
         self.net = net
         self.offsets, self.arena_sizes = plan_arena(net)
-        self.arena_bytes = sum(self.arena_sizes.values())
+        self.fused = fused_requant(net)
+        self.fused_into = {r: i for i, r in self.fused.items()}
+        self.scratch = scratch_elements(net)
+        self.arena_bytes = sum(self.arena_sizes.values()) + 4 * self.scratch
         self.data: List[str] = []
+        self.requants: List[str] = []
         self.funcs: List[str] = []
         self.calls: List[str] = []
 
@@ -103,11 +135,34 @@ class _Emitter:
 
     def emit(self) -> str:
         for i, op in enumerate(self.net.ops):
+            if i in self.fused_into:  # called channel by channel from the op before it
+                continue
             fname = f"op{i:02d}_{op.kind}"
+            out = op.output
+            if i in self.fused:
+                j = self.fused[i]
+                self._requant_channel(f"op{j:02d}_requant", self.net.ops[j])
+                self.rq = (f"op{j:02d}_requant", self.net.ops[j])
+                out = self.net.ops[j].output
+            else:
+                self.rq = None
             getattr(self, f"_{op.kind}")(fname, op)
-            args = ", ".join([self.ref(t, True) for t in op.inputs] + [self.ref(op.output, False)])
+            args = ", ".join([self.ref(t, True) for t in op.inputs] + [self.ref(out, False)])
             self.calls.append(f"    {fname}({args});")
         return self._file()
+
+    def _sink(self, fname: str, op: Op, c: str) -> Tuple[str, str, str, str]:
+        """(output pointer setup, per-pixel store, per-channel end, signature) of an accumulating op:
+        store the int32 sums, or requantise each channel into the next op's output as soon as it is done."""
+        t = self.net.tensors[op.output]
+        hw = t.shape[1] * t.shape[2]
+        if self.rq is None:
+            return "int32_t *o = out;", "*o++ = acc;", "", self._sig(fname, op)
+        rq_name, rq = self.rq
+        otype = self.ctype(self.net.tensors[rq.output].dtype)
+        sig = f"static MODEL_NOINLINE void {fname}(const int8_t *restrict in0, {otype} *restrict out)"
+        end = f"{rq_name}(model_acc, {c}, ob); ob += {hw};"
+        return f"{otype} *ob = out; int32_t *o;", "*o++ = acc;", end, sig
 
     # ------------------------------------------------------------------ op kinds
     def _sig(self, fname: str, op: Op) -> str:
@@ -121,62 +176,57 @@ class _Emitter:
         CG, OCG = cin // G, cout // G
         H, W, OH, OW, KH, KW = g["H"], g["W"], g["OH"], g["OW"], g["kh"], g["kw"]
         (SH, SW), (PH, PW), (DH, DW) = g["stride"], g["padding"], g["dilation"]
+        if PH or PW:
+            raise AssertionError("conv-like ops get their padding from a pad op")
         K = CG * KH * KW
-        padded = bool(PH or PW)
-        guard = "inb && " if padded else ""
-        check = "const int inb = rowin && (unsigned)ix < (unsigned)W;" if padded else ""
-        rowcheck = "const int rowin = (unsigned)iy < (unsigned)H;" if padded else ""
         if op.kind == "shift":  # one byte per weight: 0 = zero weight, else sign * (shift + 32)
             code = op.params["sign"].to(torch.int64) * (op.params["shift"].to(torch.int64) + 32)
             self.data.append(_array("int8_t", f"{fname}_w", code.flatten().tolist()))
             has_right = bool((op.params["shift"][op.params["sign"] != 0] < 0).any())
             shifted = ("(s >= 0 ? lsl32(x, s) : ((x + (1 << (-s - 1))) >> -s))" if has_right else "lsl32(x, s)")
-            weights = f"const int8_t *wo = {fname}_w;"
-            pointers, step = "const int8_t *w = wo;", "w++"
-            inner = (f"if ({guard}*w != 0) {{ const int32_t x = in0[ro + ix]; const int neg = *w < 0; "
+            inner = (f"if (*w != 0) {{ const int32_t x = *pv; const int neg = *w < 0; "
                      f"const int s = (neg ? -*w : *w) - 32; const int32_t t = {shifted}; acc += neg ? -t : t; }}")
-            advance = "wo += K"
         else:
             self.data.append(_array("int8_t", f"{fname}_w", op.params["qweight"].flatten().tolist()))
-            weights = f"const int8_t *wo = {fname}_w;"
-            pointers, step, advance = "const int8_t *w = wo;", "w++", "wo += K"
-            x = "(inb ? (int32_t)in0[ro + ix] : 0)" if padded else "(int32_t)in0[ro + ix]"
             if op.kind == "conv":
-                inner = f"{'if (inb) ' if padded else ''}acc += (int32_t)in0[ro + ix] * (int32_t)*w;"
-            else:  # adder: zero padding is x = 0, which still costs |0 - w|
-                inner = f"{{ const int32_t d = {x} - (int32_t)*w; acc -= (d < 0) ? -d : d; }}"
-        self.funcs.append(f"""{self._sig(fname, op)}
+                inner = "acc += (int32_t)*pv * (int32_t)*w;"
+            else:  # adder (the zero border of the pad op costs |0 - w|, as zero padding does in the float layer)
+                inner = "{ const int32_t d = (int32_t)*pv - (int32_t)*w; acc -= (d < 0) ? -d : d; }"
+        setup, store, end, sig = self._sink(fname, op, "ch")
+        reset = "o = model_acc;" if self.rq is not None else ""
+        # Only pointer increments by constant strides: no index products for the compiler to keep.
+        self.funcs.append(f"""{sig}
 {{
-    /* {op.kind} {cin}->{cout}, {H}x{W} -> {OH}x{OW}, kernel {KH}x{KW}, stride {SH},{SW}, pad {PH},{PW}, dilation {DH},{DW}, groups {G} */
-    enum {{ G = {G}, CG = {CG}, OCG = {OCG}, H = {H}, W = {W}, OH = {OH}, OW = {OW}, KH = {KH}, KW = {KW},
-           K = {K}, HW = {H * W}, SH = {SH}, SW = {SW}, DH = {DH}, DW = {DW},
-           SHW = {SH * W}, DHW = {DH * W}, PH = {PH}, PW = {PW}, PHW = {PH * W} }};
-    {weights}
-    int32_t *o = out;
-    int cbase = 0;
-    for (int gi = 0; gi < G; gi++, cbase += CG * HW) {{
-        for (int oc = 0; oc < OCG; oc++, {advance}) {{
-            int iy0 = -PH, r0 = -PHW;
-            for (int oy = 0; oy < OH; oy++, iy0 += SH, r0 += SHW) {{
-                int ix0 = -PW;
-                for (int ox = 0; ox < OW; ox++, ix0 += SW) {{
+    /* {op.kind} {cin}->{cout}, {H}x{W} -> {OH}x{OW}, kernel {KH}x{KW}, stride {SH},{SW}, dilation {DH},{DW}, groups {G} */
+    enum {{ CGHW = {CG * H * W}, HW = {H * W}, SHW = {SH * W}, SW = {SW}, DHW = {DH * W}, DW = {DW}, K = {K} }};
+    const int8_t *w = {fname}_w;
+    const int8_t *gin = in0;
+    {setup}
+    int ch = 0;
+    for (int gi = 0; gi < {G}; gi++, gin += CGHW) {{
+        for (int oc = 0; oc < {OCG}; oc++, ch++) {{
+            const int8_t *const wo = w;
+            const int8_t *prow = gin;
+            {reset}
+            for (int oy = 0; oy < {OH}; oy++, prow += SHW) {{
+                const int8_t *px = prow;
+                for (int ox = 0; ox < {OW}; ox++, px += SW) {{
                     int32_t acc = 0;
-                    {pointers}
-                    int plane = cbase;
-                    for (int c = 0; c < CG; c++, plane += HW) {{
-                        int iy = iy0, ro = plane + r0;
-                        for (int u = 0; u < KH; u++, iy += DH, ro += DHW) {{
-                            {rowcheck}
-                            int ix = ix0;
-                            for (int v = 0; v < KW; v++, ix += DW, {step}) {{
-                                {check}
+                    const int8_t *pc = px;
+                    w = wo;
+                    for (int c = 0; c < {CG}; c++, pc += HW) {{
+                        const int8_t *pu = pc;
+                        for (int u = 0; u < {KH}; u++, pu += DHW) {{
+                            const int8_t *pv = pu;
+                            for (int v = 0; v < {KW}; v++, pv += DW, w++) {{
                                 {inner}
                             }}
                         }}
                     }}
-                    *o++ = acc;
+                    {store}
                 }}
             }}
+            {end}
         }}
     }}
 }}
@@ -184,7 +234,8 @@ class _Emitter:
 
     _conv = _adder = _shift = _conv_like
 
-    def _requant(self, fname: str, op: Op) -> None:
+    def _requant_channel(self, fname: str, op: Op) -> None:
+        """``fname(acc, c, out)``: requantise the HW accumulators of channel c."""
         p = op.params
         t = self.net.tensors[op.output]
         C, HW = t.shape[0], t.shape[1] * t.shape[2]
@@ -207,20 +258,29 @@ class _Emitter:
         lo, hi = int(p["lo"]), int(p["hi"])
         lo_s = "INT32_MIN" if lo == INT32_MIN else str(lo)
         hi_s = "INT32_MAX" if hi == INT32_MAX else str(hi)
+        self.requants.append(f"""static MODEL_NOINLINE void {fname}(const int32_t *restrict a, int c, {otype} *restrict o)
+{{
+    /* requantise channel c of {C} ({HW} accumulators; {what}), saturate to [{lo_s}, {hi_s}] */
+    {setup}
+    for (int i = 0; i < {HW}; i++) {{
+        int64_t v = {expr};
+        if (v < {lo_s}) v = {lo_s};
+        if (v > {hi_s}) v = {hi_s};
+        o[i] = ({otype})v;
+    }}
+}}
+""")
+
+    def _requant(self, fname: str, op: Op) -> None:
+        """A requantisation that reads a stored accumulator tensor: every channel in turn."""
+        t = self.net.tensors[op.output]
+        C, HW = t.shape[0], t.shape[1] * t.shape[2]
+        self._requant_channel(f"{fname}_channel", op)
         self.funcs.append(f"""{self._sig(fname, op)}
 {{
-    /* requantise {C}x{HW} accumulators ({what}), saturate to [{lo_s}, {hi_s}] */
     const int32_t *a = in0;
-    {otype} *o = out;
-    for (int c = 0; c < {C}; c++, a += {HW}, o += {HW}) {{
-        {setup}
-        for (int i = 0; i < {HW}; i++) {{
-            int64_t v = {expr};
-            if (v < {lo_s}) v = {lo_s};
-            if (v > {hi_s}) v = {hi_s};
-            o[i] = ({otype})v;
-        }}
-    }}
+    {self.ctype(t.dtype)} *o = out;
+    for (int c = 0; c < {C}; c++, a += {HW}, o += {HW}) {fname}_channel(a, c, o);
 }}
 """)
 
@@ -262,14 +322,19 @@ class _Emitter:
         else:
             init, acc_t = "0", "int32_t"
             inner = "if (inb) acc += in0[ro + ix];"
-            store = "*o++ = acc;"
-        self.funcs.append(f"""{self._sig(fname, op)}
+        if is_max:
+            setup, end, sig, reset = "int8_t *o = out;", "", self._sig(fname, op), ""
+        else:
+            setup, store, end, sig = self._sink(fname, op, "c")
+            reset = "o = model_acc;" if self.rq is not None else ""
+        self.funcs.append(f"""{sig}
 {{
     /* {'max' if is_max else 'sum'} pool {C}x{H}x{W} -> {OH}x{OW}, kernel {KH}x{KW}, stride {SH},{SW}, pad {PH},{PW} */
     enum {{ H = {H}, W = {W}, HW = {H * W}, SHW = {SH * W}, PHW = {PH * W} }};
-    {'int8_t' if is_max else 'int32_t'} *o = out;
+    {setup}
     for (int c = 0, plane = 0; c < {C}; c++, plane += HW) {{
         int iy0 = -{PH}, r0 = -PHW;
+        {reset}
         for (int oy = 0; oy < {OH}; oy++, iy0 += {SH}, r0 += SHW) {{
             int ix0 = -{PW};
             for (int ox = 0; ox < {OW}; ox++, ix0 += {SW}) {{
@@ -286,6 +351,7 @@ class _Emitter:
                 {store}
             }}
         }}
+        {end}
     }}
 }}
 """)
@@ -354,11 +420,14 @@ static inline int32_t lsl32(int32_t x, int s) {{ return (int32_t)((uint32_t)x <<
 static inline int64_t lsl64(int64_t x, int s) {{ return (int64_t)((uint64_t)x << s); }}
 
 /* the activation arenas, buffer offsets planned at export time ({self.arena_bytes} bytes in all):
-   int8 activations and int32 accumulators, one typed array each (no type punning) */
+   int8 activations and int32 accumulators, one typed array each (no type punning); MODEL_ARENA_BYTES also counts model_acc */
 static int8_t arena8[{n8}];
 static int32_t arena32[{n32}];
+/* one output channel of int32 accumulators, requantised as soon as it is complete */
+static int32_t model_acc[{self.scratch}];
 
 {''.join(self.data)}
+{''.join(self.requants)}
 {''.join(self.funcs)}
 int model_run(const int8_t *input, int32_t *logits)
 {{
@@ -410,8 +479,8 @@ def generate_c(net: IntegerNetwork) -> Dict[str, str]:
 
 
 def arena_bytes(net: IntegerNetwork) -> int:
-    """Bytes of the static activation arenas the generated code uses."""
-    return sum(plan_arena(net)[1].values())
+    """Bytes of the static activation buffers the generated code uses (arenas + channel scratch)."""
+    return sum(plan_arena(net)[1].values()) + 4 * scratch_elements(net)
 
 
 def write_c(net: IntegerNetwork, out_dir: str) -> Dict[str, str]:
