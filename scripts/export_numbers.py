@@ -100,11 +100,26 @@ def main() -> None:
             t0 = time.perf_counter()
             float_logits = torch.cat([model(b) for b in images.split(50)])
             float_s = time.perf_counter() - t0
+        kernels_ips = None
+        if op != "conv":  # the library's int8 adder / shift kernels (PyTorch modules, float in and out)
+            import copy
+            try:
+                from shiftadd.export.integer import to_integer  # where the integer modules move to
+            except ImportError:
+                from shiftadd.kernels.integer import to_integer
+            int_model = to_integer(copy.deepcopy(model)).eval()
+            with torch.no_grad():
+                int_model(images[:2])
+                t0 = time.perf_counter()
+                for b in images.split(50):
+                    int_model(b)
+                kernels_ips = round(len(images) / (time.perf_counter() - t0), 1)
         row = {"op": op, "model": args.model, "train_steps": args.train_steps, "train_s": round(train_s, 1),
                "ops": len(net.ops), "build_s": round(build_s, 2),
                "host_bit_exact": bool(torch.equal(host["logits"], ref)), "images": len(q),
                "c_images_per_s": round(len(q) / host["seconds"], 1),
                "torch_float32_images_per_s": round(len(q) / float_s, 1),
+               "torch_int8_kernels_images_per_s": kernels_ips,
                "float_acc": float((float_logits.argmax(1) == labels).double().mean()),
                "int_acc": float((ref.argmax(1) == labels).double().mean()),
                "c_acc": float((host["logits"].argmax(1) == labels).double().mean()),

@@ -46,7 +46,7 @@ def fused_requant(net: IntegerNetwork) -> Dict[int, int]:
 def scratch_elements(net: IntegerNetwork) -> int:
     """Size of the one-channel accumulator scratch buffer (int32 elements)."""
     shapes = [net.tensors[net.ops[i].output].shape for i in fused_requant(net)]
-    return max([s[1] * s[2] for s in shapes] or [1])
+    return max([s[1] * s[2] for s in shapes] or [0])
 
 
 def plan_arena(net: IntegerNetwork) -> Tuple[Dict[str, int], Dict[str, int]]:
@@ -86,7 +86,7 @@ def plan_arena(net: IntegerNetwork) -> Tuple[Dict[str, int], Dict[str, int]]:
             offsets[t] = off
             placed.append((off, off + size, lo, hi))
         elements = max((e for _, e, _, _ in placed), default=0)
-        sizes[dtype] = max(elements, 1) * (1 if dtype == "int8" else 4)
+        sizes[dtype] = elements * (1 if dtype == "int8" else 4)
     return offsets, sizes
 
 
@@ -421,10 +421,10 @@ static inline int64_t lsl64(int64_t x, int s) {{ return (int64_t)((uint64_t)x <<
 
 /* the activation arenas, buffer offsets planned at export time ({self.arena_bytes} bytes in all):
    int8 activations and int32 accumulators, one typed array each (no type punning); MODEL_ARENA_BYTES also counts model_acc */
-static int8_t arena8[{n8}];
-static int32_t arena32[{n32}];
+{f"static int8_t arena8[{n8}];" if n8 else ""}
+{f"static int32_t arena32[{n32}];" if n32 else ""}
 /* one output channel of int32 accumulators, requantised as soon as it is complete */
-static int32_t model_acc[{self.scratch}];
+{f"static int32_t model_acc[{self.scratch}];" if self.scratch else ""}
 
 {''.join(self.data)}
 {''.join(self.requants)}

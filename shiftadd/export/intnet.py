@@ -380,6 +380,18 @@ class _Lowering:
             net.output_name = self.requant(_Pending(acc.name, ones, ones * 0, src), False, src, logits=True)
         if net.tensors[net.output_name].numel != net.num_classes:
             raise UnsupportedModelError("the model output must be a (N, classes) logit tensor")
+        self._requant_early()
+
+    def _requant_early(self) -> None:
+        """Move every requantisation right after the op that produced its accumulator (it reads
+        nothing else, and nothing between reads its output), so the C can requantise channel by
+        channel instead of storing the whole int32 tensor (a residual branch is requantised only
+        when the add needs it, after the shortcut's ops)."""
+        ops = self.net.ops
+        for op in [o for o in ops if o.kind == "requant"]:
+            ops.remove(op)
+            at = next(i for i, o in enumerate(ops) if o.output == op.inputs[0])
+            ops.insert(at + 1, op)
 
     # ---- node kinds
     def _input(self, n: Node) -> None:
