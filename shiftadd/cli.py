@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "shiftadd.energy.commands",
     "shiftadd.commands.bench",
     "shiftadd.nas.commands",
+    "shiftadd.commands.export",
 ]
 
 
