@@ -63,7 +63,8 @@ def _cmd_export(args) -> int:
 
     from shiftadd.export import export_c
     from shiftadd.export.cgen import arena_bytes
-    from shiftadd.train.loop import checkpoint_config, load_data, load_trained_model
+    from shiftadd.train.runs import checkpoint_config, load_trained_model
+    from shiftadd.train.task import load_data
 
     if args.format != "c":
         raise UserError(f"--format {args.format!r} is not supported; use --format c")
