@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "shiftadd.commands.compress",
     "shiftadd.energy.commands",
     "shiftadd.commands.bench",
+    "shiftadd.commands.translate",
 ]
 
 

@@ -129,5 +129,7 @@ def test_translate_and_eval_errors(corpus, tmp_path, capsys):
     assert main(["translate", "--checkpoint", str(run), str(tmp_path / "nope.txt")]) == 2
     err = capsys.readouterr().err
     assert "nope.txt" in err and len(err.strip().splitlines()) == 1
-    assert main(["translate", "--checkpoint", str(run), "--beam", "0", str(tmp_path / "nope.txt")]) == 2
+    with pytest.raises(SystemExit) as exc:  # argparse: one line, exit 2
+        main(["translate", "--checkpoint", str(run), "--beam", "0", str(tmp_path / "nope.txt")])
+    assert exc.value.code == 2
     assert main(["eval", "--checkpoint", str(run), "--split", "train"]) == 2
