@@ -219,7 +219,7 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     # adaptive LR.
     "transformer": dict(task="translation", dataset="multi30k", model="transformer-seq", optimizer="adam",
                         adam_betas=[0.9, 0.98], lr=1e-3, weight_decay=0.0, schedule="inverse_sqrt",
-                        warmup_steps=800, label_smoothing=0.1, max_tokens=4096, epochs=30, adaptive_eta=0.2,
+                        warmup_steps=400, label_smoothing=0.1, max_tokens=4096, epochs=30, adaptive_eta=0.2,
                         shift_param_groups=False),
 }
 
