@@ -176,7 +176,8 @@ def _announce(say, config: TrainConfig, task: Task, data: TaskData, params: int,
     """The log lines that start a new run."""
     sizes = [f"{len(data.train)} train"] + ([f"{len(data.val)} validation"] if data.val is not None else [])
     say(f"training {config.model} ({config.op}) on {config.dataset}: {' / '.join(sizes + [f'{len(data.test)} test'])} "
-        f"{task.unit}, {params:,} parameters, recipe {config.recipe}, {config.epochs} epochs, batch {config.batch_size}"
+        f"{task.unit}, {params:,} parameters, recipe {config.recipe}, {config.epochs} epochs, "
+        + (task.describe_batch(config) if hasattr(task, "describe_batch") else f"batch {config.batch_size}")
         + (f", {info.world_size} processes" if info.enabled else "") + f", device {device}")
     if config.init_from:
         say(f"starting from the weights of {config.init_from}")

@@ -117,6 +117,10 @@ class TranslationTask:
     def format_metric(value: float) -> str:
         return f"{value:.2f}"
 
+    @staticmethod
+    def describe_batch(config: TrainConfig) -> str:
+        return f"batches of {config.max_tokens} tokens, {config.src_lang}->{config.tgt_lang}"
+
     # ---- data
     def tokenizer(self, config: TrainConfig) -> Any:
         from shiftadd.data.text import joint_tokenizer
