@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "shiftadd.commands.bench",
     "shiftadd.nas.commands",
     "shiftadd.commands.export",
+    "shiftadd.commands.translate",
 ]
 
 

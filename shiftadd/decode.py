@@ -26,10 +26,14 @@ def reorder_state(state: Dict[str, Any], order: torch.Tensor) -> None:
             state[key] = value.index_select(0, order)
 
 
-def _max_len(src: torch.Tensor, pad_id: int, max_len: Optional[int], limit: int) -> int:
+def _row_limits(src: torch.Tensor, pad_id: int, max_len: Optional[int], limit: int) -> torch.Tensor:
+    """Tokens each sentence may generate: ``max_len``, or 1.5 x its own source length + 10 (so a
+    sentence's translation does not depend on the batch it is decoded in), capped by the positions."""
     if max_len is None:
-        max_len = int(src.ne(pad_id).sum(1).max()) * 3 // 2 + 10
-    return max(1, min(int(max_len), limit - 1))
+        rows = src.ne(pad_id).sum(1) * 3 // 2 + 10
+    else:
+        rows = torch.full((src.shape[0],), int(max_len), dtype=torch.long, device=src.device)
+    return rows.clamp(1, max(1, limit - 1))
 
 
 def _trim(seq: List[int], eos_id: int, pad_id: int) -> List[int]:
@@ -52,17 +56,17 @@ def greedy_decode(model: nn.Module, src: torch.Tensor, max_len: Optional[int] = 
     was_training = model.training
     model.eval()
     try:
-        steps = _max_len(src, cfg.pad_id, max_len, cfg.max_positions)
+        limits = _row_limits(src, cfg.pad_id, max_len, cfg.max_positions)
         memory, mask = model.encode(src)
         tokens = torch.full((src.shape[0], 1), cfg.bos_id, dtype=torch.long, device=src.device)
         finished = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
         state: Optional[Dict[str, Any]] = {} if incremental else None
-        for _ in range(steps):
+        for step in range(int(limits.max())):
             logits = model.decode(tokens[:, -1:] if incremental else tokens, memory, mask, state)[:, -1]
             logits[:, [cfg.pad_id, cfg.bos_id]] = float("-inf")  # never generated
             nxt = logits.argmax(-1).masked_fill(finished, cfg.pad_id)
             tokens = torch.cat([tokens, nxt.unsqueeze(1)], dim=1)
-            finished = finished | nxt.eq(cfg.eos_id)
+            finished = finished | nxt.eq(cfg.eos_id) | limits.le(step + 1)
             if bool(finished.all()):
                 break
         return [_trim(row[1:], cfg.eos_id, cfg.pad_id) for row in tokens.tolist()]
@@ -75,8 +79,8 @@ def beam_search(model: nn.Module, src: torch.Tensor, beam: int = 4, length_penal
                 max_len: Optional[int] = None) -> List[List[int]]:
     """Beam search of width ``beam``; returns the best hypothesis of each sentence (token ids, no BOS/EOS).
 
-    ``max_len`` (default 1.5 x the longest source + 10, capped by the model's positions) bounds
-    the number of generated tokens.
+    ``max_len`` (default 1.5 x each sentence's source length + 10, capped by the model's positions)
+    bounds the number of generated tokens.
     """
     if beam < 1:
         raise ValueError(f"beam must be >= 1, got {beam!r}")
@@ -85,9 +89,10 @@ def beam_search(model: nn.Module, src: torch.Tensor, beam: int = 4, length_penal
     model.eval()
     try:
         B = src.shape[0]
-        steps = _max_len(src, cfg.pad_id, max_len, cfg.max_positions)
+        limits = _row_limits(src, cfg.pad_id, max_len, cfg.max_positions)
         memory, mask = model.encode(src)
         rows = torch.arange(B, device=src.device).repeat_interleave(beam)
+        row_limits = limits.index_select(0, rows)
         memory, mask = memory.index_select(0, rows), mask.index_select(0, rows)
         scores = torch.full((B, beam), float("-inf"), device=src.device)
         scores[:, 0] = 0.0  # all beams start identical: keep one
@@ -95,7 +100,7 @@ def beam_search(model: nn.Module, src: torch.Tensor, beam: int = 4, length_penal
         finished = torch.zeros(B * beam, dtype=torch.bool, device=src.device)
         lengths = torch.zeros(B * beam, device=src.device)
         state: Dict[str, Any] = {}
-        for _ in range(steps):
+        for step in range(int(limits.max())):
             logits = model.decode(tokens[:, -1:], memory, mask, state)[:, -1]
             logp = torch.log_softmax(logits.float(), dim=-1)
             logp[:, [cfg.pad_id, cfg.bos_id]] = float("-inf")  # never generated
@@ -110,7 +115,7 @@ def beam_search(model: nn.Module, src: torch.Tensor, beam: int = 4, length_penal
             tokens = torch.cat([tokens.index_select(0, origin), new_tok.unsqueeze(1)], dim=1)
             finished, lengths = finished.index_select(0, origin), lengths.index_select(0, origin)
             lengths = lengths + (~finished).float()
-            finished = finished | new_tok.eq(cfg.eos_id)
+            finished = finished | new_tok.eq(cfg.eos_id) | row_limits.le(step + 1)
             reorder_state(state, origin)
             if bool(finished.all()):
                 break

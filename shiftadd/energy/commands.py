@@ -6,6 +6,12 @@ Examples::
     shiftadd energy --model vgg-small --op adder --training --json
     shiftadd energy --model resnet20 --all-ops --platform asic --format fp32 --plot families.png
     shiftadd energy --show-table --platform fpga
+    shiftadd energy --model transformer-seq -O preset=multiplication-free --tokens 30 --training
+
+Sequence models (``transformer-seq``) are counted on one sentence pair of ``--tokens`` source and
+target tokens (``--input-shape S,T`` for different lengths; default 30, the sentence of the
+ShiftAddNAS energy figures) over a vocabulary of ``-O vocab_size=N`` (default 8000); the report
+adds the energy per sentence and per target token.
 """
 from __future__ import annotations
 
@@ -35,14 +41,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--training", action="store_true", help="one training step instead of one forward pass")
     p.add_argument("--batch-size", type=int, default=1, help="samples per forward pass / training step (default 1)")
     p.add_argument("--input-shape", default=None, metavar="C,H,W",
-                   help="shape of one sample (default from the model: 3,32,32 for CIFAR models)")
+                   help="shape of one sample (default from the model: 3,32,32 for CIFAR models; S,T source and "
+                        "target tokens for sequence models)")
+    p.add_argument("--tokens", type=int, default=None, metavar="N",
+                   help="sequence models: source and target sentence length in tokens (default 30)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
     p.add_argument("--model-option", "-O", dest="model_options", action="append", default=[], metavar="KEY=VALUE",
                    help="architecture/layer option, e.g. grad_mode=sign, keep_first_last=false, weight_bits=4")
     p.add_argument("--memory", default="sram", help="memory level of the data-movement estimate: rf, sram, dram "
                                                     "or none (default sram)")
-    p.add_argument("--optimizer", default="sgd", help="optimizer update counted in a training step: sgd, adam "
-                                                      "or none (default sgd)")
+    p.add_argument("--optimizer", default=None, help="optimizer update counted in a training step: sgd, adam "
+                                                     "or none (default sgd; adam for sequence models)")
     p.add_argument("--baseline-op", default="conv",
                    help="compare with the same architecture in this family (default conv; 'none' to skip)")
     p.add_argument("--all-ops", action="store_true",
@@ -79,6 +88,36 @@ def _parse_options(items: List[str]) -> Dict[str, Any]:
         except yaml.YAMLError:
             out[key.strip()] = value
     return out
+
+
+#: Vocabulary size of a sequence model when ``-O vocab_size`` is not given (the Multi30k joint vocabulary).
+DEFAULT_VOCAB = 8000
+#: Sentence length of the energy figures of ShiftAddNAS (tokens per side).
+DEFAULT_TOKENS = 30
+
+
+def _sentence_lengths(args: argparse.Namespace) -> Tuple[int, int]:
+    """(source, target) tokens of the counted sentence pair."""
+    if args.tokens is not None and args.input_shape:
+        raise UserError("give --tokens N or --input-shape S,T, not both")
+    if args.input_shape:
+        shape = _parse_shape(args.input_shape)
+        if len(shape) != 2:
+            raise UserError(f"--input-shape of a sequence model is S,T (source, target tokens), got {args.input_shape!r}")
+        return shape[0], shape[1]
+    n = DEFAULT_TOKENS if args.tokens is None else args.tokens
+    if n < 1:
+        raise UserError(f"--tokens must be >= 1, got {n}")
+    return n, n
+
+
+def _per_sentence(prof: Any, pair: Tuple[int, int], batch: int) -> Dict[str, Any]:
+    """Energy of one sentence pair and per target token (the profile covers ``batch`` pairs)."""
+    per = {"per_sentence_pj": prof.compute_pj / batch, "per_sentence_memory_pj": prof.memory_pj / batch}
+    per.update({"per_token_pj": per["per_sentence_pj"] / pair[1],
+                "per_token_memory_pj": per["per_sentence_memory_pj"] / pair[1],
+                "source_tokens": pair[0], "target_tokens": pair[1]})
+    return per
 
 
 def default_input_shape(model: str) -> Optional[Tuple[int, ...]]:
@@ -168,6 +207,11 @@ def run(args: argparse.Namespace) -> int:
     baseline_op = None if str(args.baseline_op).lower() == "none" else args.baseline_op
     if baseline_op is not None and baseline_op not in family_names():
         raise UserError(f"unknown --baseline-op {baseline_op!r}; choose one of: {', '.join(family_names())} or none")
+    from shiftadd.models import model_info
+
+    sequence = model_info(model_name).task == "translation"
+    if args.optimizer is None:
+        args.optimizer = "adam" if sequence else "sgd"
     memory = None if str(args.memory).lower() == "none" else args.memory
     if memory is not None:
         table.memory_pj_per_bit(memory)
@@ -178,19 +222,31 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     if args.min_share < 0 or args.min_share >= 1:
         raise UserError("--min-share must be in [0, 1)")
-    if args.input_shape:
+    options = _parse_options(args.model_options)
+    pair: Optional[Tuple[int, int]] = None
+    if sequence:
+        pair = _sentence_lengths(args)
+        options.setdefault("vocab_size", DEFAULT_VOCAB)
+        sample: Optional[Tuple[int, ...]] = (pair[0] + pair[1],)
+    elif args.tokens is not None:
+        raise UserError("--tokens applies to sequence models (transformer-seq) only")
+    elif args.input_shape:
         sample = _parse_shape(args.input_shape)
     else:
         sample = default_input_shape(model_name)
         if sample is None:
             raise UserError(f"no default input shape for {model_name}; give --input-shape C,H,W")
     shape = (args.batch_size,) + sample
-    options = _parse_options(args.model_options)
 
     def run_op(op: str):
         model = _build(model_name, op, args.num_classes, options)
+        example = None
+        if pair is not None:
+            from shiftadd.models.transformer import example_pair
+
+            model, example = model.packed(pair[0]), example_pair(int(options["vocab_size"]), *pair)
         try:
-            counts = count_ops(model, shape, optimizer=optimizer)
+            counts = count_ops(model, shape, optimizer=optimizer, example_input=example)
         except RuntimeError as exc:
             raise UserError(f"{model_name} does not run on input shape {sample}: {str(exc).splitlines()[0]}") from None
         return evaluate(counts, table, args.fmt, args.training, memory, args.grad_fmt,
@@ -235,6 +291,8 @@ def run(args: argparse.Namespace) -> int:
     base = run_op(baseline_op) if baseline_op is not None and baseline_op != args.op else None
     if args.json:
         out = prof.as_dict()
+        if pair is not None:
+            out.update(_per_sentence(prof, pair, args.batch_size))
         if base is not None:
             out["baseline"] = {k: v for k, v in base.as_dict().items() if k != "layers"}
             out["saving_vs_baseline"] = prof.saving(base)
@@ -242,6 +300,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         print(prof.format_table(base, args.min_share))
+        if pair is not None:
+            per = _per_sentence(prof, pair, args.batch_size)
+            print(f"per sentence ({pair[0]} source + {pair[1]} target tokens): {format_energy(per['per_sentence_pj'])} "
+                  f"compute + {format_energy(per['per_sentence_memory_pj'])} memory; per target token: "
+                  f"{format_energy(per['per_token_pj'])} compute + {format_energy(per['per_token_memory_pj'])} memory")
     if args.plot:
         from shiftadd.energy.plot import plot_profile
 

@@ -291,9 +291,13 @@ def _conv_or_linear(rec: LayerOps, call: LayerCall) -> None:
 
 @cost_rule(*ADDER_TYPES, kind="adder")
 def _adder(rec: LayerOps, call: LayerCall) -> None:
-    m, out_numel, input_grad = call.module, call.out_numel, call.input_grad
+    m = call.module
+    count_adder(rec, m, call.out_numel * (m.weight.numel() // _out_channels(m)), call.out_numel, call.input_grad)
+
+
+def count_adder(rec: LayerOps, m: nn.Module, terms: int, out_numel: int, input_grad: bool) -> None:
+    """An adder layer with ``terms`` |x - w| terms per sample (its ``weight``, ``bias``, ``grad_mode``)."""
     rec.moves_data = True
-    terms = out_numel * (m.weight.numel() // _out_channels(m))
     # AdderNet Eq. (2): Y = -sum |X - F|: per term a subtraction, an |.| and an accumulation.
     rec.add("forward", "main", add=2 * terms, abs=terms)
     bias = getattr(m, "bias", None)
@@ -697,4 +701,124 @@ def _fn_matmul(call: FunctionCall) -> bool:
     rec.output_numel = call.numel
     terms = call.numel * int(a.shape[-1])
     count_multiplicative(rec, terms, call.numel, False, False, a.requires_grad, b.requires_grad)
+    return True
+
+
+# --------------------------------------------------------------------------- sequence models
+# Transcendental functions in the priced ops (division is priced as one mult, like the "div" rule):
+#: exp(x) = 2^(x log2 e): 1 mult, the integer part (1 add), 2^fraction by a cubic (Horner: 3 mult,
+#: 3 add), then the scaling by 2^integer (1 shift on the exponent).
+EXP_OPS: Counts = {"mult": 4, "add": 4, "shift": 1}
+#: sigmoid(x) = 1 / (1 + exp(-x)): exp, 1 add, 1 division.
+SIGMOID_OPS: Counts = {"mult": EXP_OPS["mult"] + 1, "add": EXP_OPS["add"] + 1, "shift": EXP_OPS["shift"]}
+
+
+def _times(ops: Mapping[str, int], n: int, **extra: int) -> Counts:
+    """``ops`` per element times ``n`` elements, plus ``extra`` per element."""
+    out = {op: k * n for op, k in ops.items()}
+    for op, k in extra.items():
+        out[op] = out.get(op, 0) + k * n
+    return out
+
+
+def count_softmax(rec: LayerOps, numel: int, input_grad: bool, role: str = "main",
+                  grad_phase: str = "grad_input") -> None:
+    """softmax over rows of ``numel`` elements in all: per element the row max (1 cmp), x - max (add),
+    exp, the row sum (add) and the division by it (mult); backward dx = y * (g - sum(g * y)):
+    2 mult + 2 add per element (charged to ``grad_phase``)."""
+    rec.add("forward", role, **_times(EXP_OPS, numel, cmp=1, add=2, mult=1))
+    if input_grad:
+        rec.add(grad_phase, role, mult=2 * numel, add=2 * numel)
+
+
+def _lightweight_kernel(m: nn.Module) -> int:
+    return int(m.weight.numel())  # (H, K)
+
+
+def _lightweight_terms(call: LayerCall) -> int:
+    """Terms of a lightweight time convolution: every output element (T x C) reads K inputs."""
+    return call.out_numel * int(call.module.kernel_size)
+
+
+def _register_sequence_rules() -> None:
+    from shiftadd.nn.lightweight import AdderLightweightConv1d, LightweightConv1d
+
+    @cost_rule(LightweightConv1d, kind="conv")
+    def _lightweight(rec: LayerOps, call: LayerCall) -> None:
+        """Wu et al.: a depthwise conv (T x C x K multiply-accumulates), its kernel softmax-normalised over K
+        per head (H x K elements, once per call) and, while training, weight dropout on it."""
+        m = call.module
+        rec.moves_data = True
+        w, bias = m.weight, m.bias
+        count_multiplicative(rec, _lightweight_terms(call), call.out_numel, bias is not None, _needs_grad(bias),
+                             call.input_grad, w.requires_grad)
+        hk = _lightweight_kernel(m)
+        if m.weight_softmax:
+            count_softmax(rec, hk, w.requires_grad, role="kernel_softmax", grad_phase="grad_weight")
+        if m.weight_dropout > 0:
+            rec.add("train_forward", "main", **rec.phase_counts("forward"))
+            rec.add("train_forward", "weight_dropout", mult=hk)
+
+    @cost_rule(AdderLightweightConv1d, kind="adder")
+    def _adder_lightweight(rec: LayerOps, call: LayerCall) -> None:
+        """-sum_k |x - w|: T x C x K adder terms with AdderNet's gradients and adaptive LR over the (H, K) kernel."""
+        count_adder(rec, call.module, _lightweight_terms(call), call.out_numel, call.input_grad)
+
+
+_register_sequence_rules()
+register_cost_rule(nn.GELU, "activation", lambda rec, call: _count_gelu(rec, call.out_numel, call.input_grad))
+
+
+def _count_gelu(rec: LayerOps, numel: int, input_grad: bool) -> None:
+    """GELU as x * sigmoid(1.702 x) (Hendrycks & Gimpel's approximation): 2 mult + a sigmoid per element;
+    backward g * (s + 1.702 x s (1 - s)): 4 mult + 2 add."""
+    rec.add("forward", "main", **_times(SIGMOID_OPS, numel, mult=2))
+    if input_grad:
+        rec.add("grad_input", "main", mult=4 * numel, add=2 * numel)
+
+
+@cost_rule(nn.Embedding, kind="embedding")
+def _embedding(rec: LayerOps, call: LayerCall) -> None:
+    """A table lookup: one element read per output element (``move``); its gradient is a scatter-add of
+    the output gradient into the used rows (1 add per output element). Ids have no gradient."""
+    rec.input_numel = call.in_numel
+    rec.add("forward", "main", move=call.out_numel)
+    if call.module.weight.requires_grad:
+        rec.add("grad_weight", "main", add=call.out_numel)
+
+
+@function_rule("softmax", "_softmax")
+def _fn_softmax(call: FunctionCall) -> bool:
+    rec = call.record("softmax")
+    rec.output_numel = call.numel
+    count_softmax(rec, call.numel, call.grad)
+    return True
+
+
+@function_rule("glu")
+def _fn_glu(call: FunctionCall) -> bool:
+    """GLU(a, b) = a * sigmoid(b) per output element; backward: g * s (mult) for a, g * a * s * (1 - s) for b
+    (1 add, 3 mult)."""
+    rec = call.record("activation")
+    rec.output_numel = call.numel
+    rec.add("forward", "main", **_times(SIGMOID_OPS, call.numel, mult=1))
+    if call.grad:
+        rec.add("grad_input", "main", mult=4 * call.numel, add=call.numel)
+    return True
+
+
+@function_rule("gelu")
+def _fn_gelu(call: FunctionCall) -> bool:
+    rec = call.record("activation")
+    rec.output_numel = call.numel
+    _count_gelu(rec, call.numel, call.grad)
+    return True
+
+
+@function_rule("masked_fill", "masked_fill_", "nan_to_num", "nan_to_num_", "where")
+def _fn_select(call: FunctionCall) -> bool:
+    """Selecting elements by a precomputed mask (attention masks, the all-masked-row guard): no arithmetic,
+    recorded with zero counts so the call is accounted for."""
+    rec = call.record("select")
+    rec.output_numel = call.numel
     return True

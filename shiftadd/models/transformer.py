@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from shiftadd.models.registry import register_model
 from shiftadd.nn.attention import TOKEN_MIXERS, MultiheadAttention, token_mixer
 from shiftadd.nn.factory import OPS, linear_layer
-from shiftadd.nn.lightweight import count_dict, linear_op_counts, merge_counts
 
 LAYER_OPTION_NAMES = ("weight_bits", "rounding", "grad_mode", "eta")
 
@@ -158,17 +157,6 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.dropout(F.relu(self.fc1(x))))
 
-    def op_counts(self, input_shape: Sequence[int]) -> Dict[str, int]:
-        """Both layers per token plus one ReLU comparison per hidden element."""
-        n = int(input_shape[0]) * int(input_shape[1])
-        return merge_counts(linear_op_counts(self.fc1, n), count_dict(cmps=n * self.fc1.out_features),
-                            linear_op_counts(self.fc2, n))
-
-
-def _layer_norm_counts(tokens: int, dim: int) -> Dict[str, int]:
-    """LayerNorm per token: mean (C add, 1 div), variance (C add, C mult, 1 div), sqrt, normalise and
-    affine (C add + C div + C mult + C add)."""
-    return count_dict(adds=tokens * (4 * dim), mults=tokens * 2 * dim, divs=tokens * (dim + 2), sqrts=tokens)
 
 
 class _Residual(nn.Module):
@@ -285,35 +273,30 @@ class TransformerSeq2Seq(nn.Module):
         memory, mask = self.encode(src)
         return self.decode(tgt_in, memory, mask)
 
-    def op_counts(self, src_len: int, tgt_len: int) -> Dict[str, Dict[str, int]]:
-        """Forward (inference, teacher-forced) operation counts of one sentence pair, per part.
 
-        Keys: "embedding" (scale + position add), every encoder/decoder sub-block, "layer_norm",
-        "output" (tied projection, V x C per target token). Sum them with
-        :func:`shiftadd.nn.lightweight.merge_counts`.
-        """
-        C, V = self.cfg.embed_dim, self.cfg.vocab_size
-        S, T = int(src_len), int(tgt_len)
-        parts: Dict[str, Dict[str, int]] = {
-            "embedding": count_dict(mults=(S + T) * C, adds=(S + T) * C),
-            "output": count_dict(mults=T * V * C, adds=T * V * C),
-        }
-        ln_tokens = 0
-        for i, layer in enumerate(self.encoder):
-            parts[f"encoder{i}.mixer"] = layer.mixer.op_counts((1, S, C))
-            parts[f"encoder{i}.ffn"] = layer.ffn.op_counts((1, S, C))
-            ln_tokens += 2 * S
-        for i, layer in enumerate(self.decoder):
-            parts[f"decoder{i}.mixer"] = layer.mixer.op_counts((1, T, C))
-            parts[f"decoder{i}.cross"] = layer.cross.op_counts((1, T, C), memory_len=S)
-            parts[f"decoder{i}.ffn"] = layer.ffn.op_counts((1, T, C))
-            ln_tokens += 3 * T
-        if self.cfg.pre_norm:
-            ln_tokens += S + T  # the final norms
-        parts["layer_norm"] = _layer_norm_counts(ln_tokens, C)
-        residual = count_dict(adds=(2 * len(self.encoder) * S + 3 * len(self.decoder) * T) * C)
-        parts["residual"] = residual
-        return parts
+    def packed(self, src_len: int) -> "PackedPair":
+        """This model taking one tensor ``[src | tgt_in]`` (B, S + T) with S = ``src_len`` (for tools that
+        feed a model one input, such as :func:`shiftadd.energy.count_ops`)."""
+        return PackedPair(self, src_len)
+
+
+class PackedPair(nn.Module):
+    """``forward(x)`` = ``model(x[:, :src_len], x[:, src_len:])``: a sentence pair as one tensor of token ids."""
+
+    def __init__(self, model: TransformerSeq2Seq, src_len: int) -> None:
+        super().__init__()
+        self.model, self.src_len = model, int(src_len)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x[:, : self.src_len], x[:, self.src_len:])
+
+
+def example_pair(vocab_size: int, src_len: int, tgt_len: int, seed: int = 0, first_id: int = 4) -> torch.Tensor:
+    """One packed sentence pair (1, S + T) of random non-special token ids (no padding), BOS first on the target."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(first_id, max(vocab_size, first_id + 1), (1, src_len + tgt_len), generator=g)
+    ids[0, src_len] = TransformerConfig.bos_id
+    return ids
 
 
 @register_model("transformer-seq", task="translation")
@@ -331,6 +314,6 @@ def transformer_seq(op: str = "conv", num_classes: Optional[int] = None, vocab_s
     return TransformerSeq2Seq(preset_config(preset, vocab_size, layers, **overrides))
 
 
-__all__ = ["TransformerConfig", "TransformerSeq2Seq", "FeedForward", "PRESETS",
-           "preset_config", "sinusoidal_positions", "transformer_seq"]
+__all__ = ["TransformerConfig", "TransformerSeq2Seq", "FeedForward", "PackedPair", "PRESETS",
+           "example_pair", "preset_config", "sinusoidal_positions", "transformer_seq"]
 

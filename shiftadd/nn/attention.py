@@ -6,14 +6,14 @@ All of them map (B, T, C) -> (B, T, C) with ``forward(x, padding_mask=None, stat
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 
 from shiftadd.nn.base import check_positive
 from shiftadd.nn.factory import linear_layer
-from shiftadd.nn.lightweight import LightweightBlock, State, count_dict, linear_op_counts, merge_counts
+from shiftadd.nn.lightweight import LightweightBlock, State
 from shiftadd.ops.attention import scaled_dot_product_attention
 
 LAYER_OPTIONS = ("weight_bits", "rounding", "grad_mode", "eta")
@@ -74,19 +74,6 @@ class MultiheadAttention(nn.Module):
         B, H, T, d = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(B, T, H * d))
 
-    def op_counts(self, input_shape: Sequence[int], memory_len: Optional[int] = None) -> Dict[str, int]:
-        """One forward on (B, T, C) over Tk keys (Tk = T, or ``memory_len`` for cross-attention).
-
-        Projections: 4 linear layers (K/V over the Tk keys). Scores Q K^T: B*T*Tk*C mult + add,
-        scaling 1 div per score, softmax 1 exp + 1 add + 1 div per score, A V: B*T*Tk*C mult + add.
-        """
-        B, T, C = (int(v) for v in input_shape)
-        tk = T if memory_len is None else int(memory_len)
-        scores = B * self.heads * T * tk
-        prods = B * T * tk * C
-        return merge_counts(linear_op_counts(self.q_proj, B * T), linear_op_counts(self.k_proj, B * tk),
-                            linear_op_counts(self.v_proj, B * tk), linear_op_counts(self.out_proj, B * T),
-                            count_dict(mults=2 * prods, adds=2 * prods + scores, exps=scores, divs=2 * scores))
 
     def extra_repr(self) -> str:
         return f"{self.embed_dim}, heads={self.heads}, causal={self.causal}, dropout={self.dropout}"
@@ -133,11 +120,6 @@ class TwoBranchBlock(nn.Module):
         b = self.branch(x[..., self.split:], padding_mask, b_state)
         return torch.cat([a, b], dim=-1)
 
-    def op_counts(self, input_shape: Sequence[int]) -> Dict[str, int]:
-        """The attention branch on (B, T, C/2) plus the lightweight branch on (B, T, C/2)."""
-        B, T, _ = input_shape
-        half = (B, T, self.split)
-        return merge_counts(self.attention.op_counts(half), self.branch.op_counts(half))
 
 
 #: Token-mixing block kinds of the sequence models, by name.

@@ -17,10 +17,13 @@ multiplication-free while decoding).
   time convolution.
 * :class:`LightweightBlock` - Wu et al.'s block: input projection (+ GLU), one of the above,
   output projection; the projections of any operator family (``proj_op``).
+
+Energy: :func:`shiftadd.energy.count_ops` counts them (cost rules of the two time convolutions in
+:mod:`shiftadd.energy.rules`; the blocks are counted through their layers and functional calls).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -34,49 +37,6 @@ from shiftadd.ops.lightweight import adder_lightweight_conv1d, lightweight_conv1
 
 State = Dict[str, Any]  # tensors (or nested dicts of a composite block)
 VARIANTS = ("mult", "adder", "shiftadd")
-
-
-def count_dict(**ops: float) -> Dict[str, int]:
-    """Operation counts with the zero entries dropped (keys: mults, adds, shifts, abs, exps, divs, cmps)."""
-    return {k: int(v) for k, v in ops.items() if v}
-
-
-def merge_counts(*parts: Dict[str, int]) -> Dict[str, int]:
-    """Sum several operation-count dicts."""
-    out: Dict[str, int] = {}
-    for p in parts:
-        for k, v in p.items():
-            out[k] = out.get(k, 0) + int(v)
-    return {k: v for k, v in out.items() if v}
-
-
-def linear_op_counts(layer: nn.Module, tokens: int) -> Dict[str, int]:
-    """Forward counts of a shiftadd linear layer of any family applied to ``tokens`` vectors.
-
-    Same rules as :mod:`shiftadd.energy.counting`: multiplicative T mult + T add; adder
-    2T add + T abs; shift S shift + S add (S = nonzero weights); bias 1 add per output.
-    """
-    from shiftadd.nn.adder import AdderLinear
-    from shiftadd.nn.shiftadd import ShiftAddLinear
-
-    if isinstance(layer, ShiftAddLinear):
-        return merge_counts(linear_op_counts(layer.shift, tokens), linear_op_counts(layer.adder, tokens))
-    bias = tokens * layer.out_features if getattr(layer, "bias", None) is not None else 0
-    terms = tokens * layer.out_features * layer.in_features
-    if isinstance(layer, ShiftLinear):
-        s = tokens * int(torch.count_nonzero(layer.weight.detach()))
-        return count_dict(shifts=s, adds=s + bias)
-    if isinstance(layer, AdderLinear):
-        return count_dict(adds=2 * terms + bias, abs=terms)
-    if isinstance(layer, nn.Linear):
-        return count_dict(mults=terms, adds=terms + bias)
-    raise TypeError(f"no operation count for {type(layer).__name__}")
-
-
-def _tokens(input_shape: Sequence[int]) -> int:
-    if len(input_shape) != 3:
-        raise ValueError(f"op_counts expects an input shape (B, T, C), got {tuple(input_shape)}")
-    return int(input_shape[0]) * int(input_shape[1])
 
 
 class _TimeConv(nn.Module):
@@ -117,8 +77,6 @@ class _TimeConv(nn.Module):
             y = y + self.bias.view(1, -1, 1)
         return y.transpose(1, 2)
 
-    def _bias_adds(self, input_shape: Sequence[int]) -> int:
-        return _tokens(input_shape) * self.channels if self.bias is not None else 0
 
     def extra_repr(self) -> str:
         return (f"{self.channels}, kernel_size={self.kernel_size}, heads={self.heads}, causal={self.causal}"
@@ -146,11 +104,6 @@ class LightweightConv1d(_TimeConv):
         return lightweight_conv1d(x, self.weight, self.causal, None, self.weight_softmax, self.weight_dropout,
                                   self.training, pad)
 
-    def op_counts(self, input_shape: Sequence[int]) -> Dict[str, int]:
-        """One forward on (B, T, C): B*T*C*K mult + as many adds; softmax: H*K exp, add, div."""
-        n = _tokens(input_shape) * self.channels * self.kernel_size
-        hk = self.heads * self.kernel_size if self.weight_softmax else 0
-        return count_dict(mults=n, adds=n + hk + self._bias_adds(input_shape), exps=hk, divs=hk)
 
     def extra_repr(self) -> str:
         return (super().extra_repr() + f", weight_softmax={self.weight_softmax}"
@@ -178,10 +131,6 @@ class AdderLightweightConv1d(_TimeConv):
     def _conv(self, x: torch.Tensor, pad: bool) -> torch.Tensor:
         return adder_lightweight_conv1d(x, self.weight, self.causal, None, self.grad_mode, pad)
 
-    def op_counts(self, input_shape: Sequence[int]) -> Dict[str, int]:
-        """One forward on (B, T, C): T = B*T*C*K terms, 2T add (x - w, accumulate) + T abs; no mult."""
-        n = _tokens(input_shape) * self.channels * self.kernel_size
-        return count_dict(adds=2 * n + self._bias_adds(input_shape), abs=n)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", grad_mode={self.grad_mode!r}, eta={self.eta}"
@@ -207,9 +156,6 @@ class ShiftAddLightweightConv1d(nn.Module):
                 state: Optional[State] = None) -> torch.Tensor:
         return self.adder(self.shift(x), padding_mask, state)
 
-    def op_counts(self, input_shape: Sequence[int]) -> Dict[str, int]:
-        """The shift layer's S shift + S add (S = nonzero weights x tokens) plus the adder conv's counts."""
-        return merge_counts(linear_op_counts(self.shift, _tokens(input_shape)), self.adder.op_counts(input_shape))
 
 
 def time_conv(variant: str, channels: int, kernel_size: int, heads: int = 1, causal: bool = False,
@@ -263,16 +209,7 @@ class LightweightBlock(nn.Module):
             h = F.glu(h, dim=-1)
         return self.out_proj(self.conv(h, padding_mask, state))
 
-    def op_counts(self, input_shape: Sequence[int]) -> Dict[str, int]:
-        """Projections (per token) + GLU (C sigmoids: exp, add, div; C mult) + the time convolution."""
-        n = _tokens(input_shape)
-        glu = count_dict(exps=n * self.channels, adds=n * self.channels, divs=n * self.channels,
-                         mults=n * self.channels) if self.glu else {}
-        inp = {} if isinstance(self.in_proj, nn.Identity) else linear_op_counts(self.in_proj, n)
-        return merge_counts(inp, glu, self.conv.op_counts(input_shape),
-                            linear_op_counts(self.out_proj, n))
-
 
 __all__ = ["VARIANTS", "LightweightConv1d", "AdderLightweightConv1d", "ShiftAddLightweightConv1d",
-           "LightweightBlock", "time_conv", "count_dict", "merge_counts", "linear_op_counts"]
+           "LightweightBlock", "time_conv"]
 

@@ -37,16 +37,18 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def build_model(name: str, op: str, num_classes: int, options: Dict[str, Any], in_channels: Optional[int] = None,
-                image_size: Optional[int] = None) -> Tuple[nn.Module, Dict[str, Any]]:
+def build_model(name: str, op: str, num_classes: Optional[int], options: Dict[str, Any],
+                in_channels: Optional[int] = None, image_size: Optional[int] = None,
+                from_data: Optional[Dict[str, Any]] = None) -> Tuple[nn.Module, Dict[str, Any]]:
     """Create a zoo model; ``in_channels``/``image_size`` go to the architectures whose builder takes them
-    (read from the model registry's metadata, so the model is built exactly once).
+    (read from the model registry's metadata, so the model is built exactly once). ``from_data``: other
+    options that come from the data (e.g. a translation model's ``vocab_size``); explicit options win.
 
     Returns the model and the exact options used (saved in checkpoints to rebuild it).
     """
     from shiftadd.models import create, data_options
 
-    opts = dict(options)
+    opts = {**(from_data or {}), **options}
     try:
         data = data_options(name, None if "in_channels" in opts else in_channels,
                             None if "image_size" in opts else image_size)
@@ -85,9 +87,10 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
         groups = [{"params": params, "weight_decay": config.weight_decay, "base_lr": config.lr}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    betas = (float(config.adam_betas[0]), float(config.adam_betas[1]))
     if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr)
-    return torch.optim.RAdam(groups, lr=config.lr)
+        return torch.optim.Adam(groups, lr=config.lr, betas=betas)
+    return torch.optim.RAdam(groups, lr=config.lr, betas=betas)
 
 
 def milestone_epoch(fraction: float, epochs: int) -> int:
@@ -95,8 +98,24 @@ def milestone_epoch(fraction: float, epochs: int) -> int:
     return max(1, int(math.floor(fraction * epochs + 0.5)))
 
 
+def per_step_schedule(config: TrainConfig) -> bool:
+    """True when the learning rate changes every optimizer step (see :func:`step_lr_factor`)."""
+    return config.schedule == "inverse_sqrt"
+
+
+def step_lr_factor(config: TrainConfig, step: int) -> float:
+    """Learning-rate multiplier at (0-based) optimizer ``step`` of a per-step schedule: Vaswani et al.'s
+    linear warm-up over ``warmup_steps`` then inverse-square-root decay (peak = ``lr``)."""
+    from shiftadd.seq.schedule import inverse_sqrt_factor
+
+    return inverse_sqrt_factor(step, config.warmup_steps)
+
+
 def lr_factor(config: TrainConfig, epoch: int) -> float:
-    """Learning-rate multiplier of (0-based) ``epoch``: warmup, then cosine/step/constant."""
+    """Learning-rate multiplier of (0-based) ``epoch``: warmup, then cosine/step/constant (1 for a
+    per-step schedule, which :func:`step_lr_factor` sets inside the epoch)."""
+    if per_step_schedule(config):
+        return 1.0
     if config.warmup_epochs and epoch < config.warmup_epochs:
         return (epoch + 1) / (config.warmup_epochs + 1)
     if config.schedule == "cosine":  # AdderNet: lr = lr0/2 * (1 + cos(pi * epoch / epochs))

@@ -14,7 +14,8 @@ from shiftadd.nn.families import op_help
 _DIRECT = ("model", "op", "dataset", "data_dir", "subset", "test_subset", "val_split", "epochs", "batch_size", "test_batch_size", "lr",
            "momentum", "weight_decay", "optimizer", "schedule", "seed", "device", "workers", "threads",
            "label_smoothing", "grad_clip", "max_loss", "warmup_epochs", "shift_lr", "gamma", "bn_recalibration",
-           "quant", "quant_types", "init_from", "prune", "prune_method", "prune_scope", "prune_types", "freeze")
+           "quant", "quant_types", "init_from", "prune", "prune_method", "prune_scope", "prune_types", "freeze",
+           "task", "src_lang", "tgt_lang", "vocab_size", "max_tokens", "warmup_steps", "beam", "length_penalty")
 
 
 def _model_option(text: str):
@@ -70,6 +71,8 @@ def register(subparsers) -> None:
                    metavar="KEY=VALUE", help="architecture/layer option, e.g. keep_first_last=false, weight_bits=4")
     g.add_argument("--expansion", type=int, default=S,
                    help="expansion of shift-based models (shiftresnet*, fe-net); same as -O expansion=N")
+    g.add_argument("--task", default=S, help="classification (default) or translation (recipe transformer, "
+                                             "dataset multi30k, model transformer-seq)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=S, help="cifar10, cifar100, mnist, folder or embedded (default cifar10)")
     g.add_argument("--data-dir", dest="data_dir", default=S, help="where the data set lives")
@@ -82,6 +85,18 @@ def register(subparsers) -> None:
                         "only once, at the end")
     g.add_argument("--augment", dest="augment", action="store_true", default=S, help="random crop + flip")
     g.add_argument("--no-augment", dest="augment", action="store_false", default=S, help="no augmentation")
+    g = p.add_argument_group("translation (--task translation)")
+    g.add_argument("--src-lang", dest="src_lang", default=S, help="source language (default en)")
+    g.add_argument("--tgt-lang", dest="tgt_lang", default=S, help="target language (default de)")
+    g.add_argument("--vocab-size", dest="vocab_size", type=_positive_int, default=S,
+                   help="joint subword vocabulary size (default 8000)")
+    g.add_argument("--max-tokens", dest="max_tokens", type=_positive_int, default=S,
+                   help="padded tokens per side of a training batch (default 4096)")
+    g.add_argument("--warmup-steps", dest="warmup_steps", type=int, default=S,
+                   help="inverse-sqrt schedule: warm-up optimizer steps")
+    g.add_argument("--beam", type=_positive_int, default=S, help="beam width of the final test BLEU (default 5)")
+    g.add_argument("--length-penalty", dest="length_penalty", type=float, default=S,
+                   help="beam search: score / length ** penalty (default 1.0)")
     g = p.add_argument_group("recipe (every field can be overridden)")
     g.add_argument("--recipe", default=S, help="addernet, shiftaddnet (default) or deepshift")
     g.add_argument("--config", default=S, metavar="FILE.yaml", help="YAML file of configuration keys")
@@ -149,6 +164,9 @@ def register(subparsers) -> None:
     p.add_argument("--test-subset", dest="test_subset", type=int, default=None, metavar="N",
                    help="evaluate on a class-balanced subset of N test images (0: the whole test set; "
                         "default: what the run used)")
+    p.add_argument("--split", default=None, help="translation runs: test (test-2016, default) or val")
+    p.add_argument("--beam", type=_positive_int, default=None,
+                   help="translation runs: beam width (default: the run's beam for test, greedy for val)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_eval)
 
@@ -276,6 +294,12 @@ def _cmd_train(args) -> int:
     if result.extra.get("rank", 0) != 0:
         return 0
     final = result.results["final"]
+    if result.config.task == "translation":
+        best = result.results.get("best", final)
+        print(f"done: test BLEU {final['test_bleu']:.2f} (beam {result.config.beam}) after {final['epoch']} epochs; "
+              f"best validation BLEU {best['val_bleu']:.2f} after epoch {best['epoch']}: test BLEU "
+              f"{best['test_bleu']:.2f}; run saved in {out}")
+        return 0
     print(f"done: test accuracy {100 * final['test_acc']:.2f}%, test loss {final['test_loss']:.4f} after "
           f"{final['epoch']} epochs; run saved in {out}")
     best = result.results.get("best")
@@ -295,6 +319,10 @@ def _cmd_eval(args) -> int:
     if args.test_subset is not None and args.test_subset < 0:
         raise UserError(f"--test-subset must be >= 0, got {args.test_subset}")
     path = best_checkpoint_path(args.checkpoint) if args.best else args.checkpoint
+    if _is_translation_run(path):
+        return _eval_translation(args, path)
+    if args.split is not None or args.beam is not None:
+        raise UserError("--split and --beam apply to translation runs only")
     res = evaluate_checkpoint(path, data_dir=args.data_dir, device=args.device,
                               batch_size=args.batch_size, test_subset=args.test_subset)
     if args.json:
@@ -304,3 +332,23 @@ def _cmd_eval(args) -> int:
               f"({res['n']} images): accuracy {100 * res['acc']:.2f}%  loss {res['loss']:.4f}")
     return 0
 
+
+
+def _is_translation_run(path: str) -> bool:
+    from shiftadd.train.checkpoint import load_checkpoint_meta
+
+    return (load_checkpoint_meta(path).get("config") or {}).get("task") == "translation"
+
+
+def _eval_translation(args, path: str) -> int:
+    from shiftadd.train.translation import evaluate_translation_run
+
+    res = evaluate_translation_run(path, args.split or "test", beam=args.beam, data_dir=args.data_dir,
+                                   device=args.device, limit=args.test_subset or None)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        decoding = "greedy" if res["beam"] == 1 else f"beam {res['beam']}, length penalty {res['length_penalty']}"
+        print(f"{res['model']} ({res['preset']}) after {res['epoch']} epochs, Multi30k {res['pair']} {res['split']} "
+              f"({res['n']} sentences, {decoding}): BLEU {res['bleu']:.2f}  loss {res['loss']:.4f} per token")
+    return 0

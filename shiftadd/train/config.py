@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from shiftadd.errors import CheckpointError, UserError
 
 OPTIMIZERS = ("sgd", "adam", "radam")
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES = ("cosine", "step", "constant", "inverse_sqrt")
 
 
 @dataclass
@@ -66,6 +66,15 @@ class TrainConfig:
     freeze: List[str] = field(default_factory=list)  # "sign" and/or "shift" of bit-shift layers (DeepShift)
     grad_clip: Optional[float] = None
     max_loss: float = 1e4  # a loss above this (or NaN/inf) stops training
+    adam_betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam/RAdam (beta1, beta2)
+    warmup_steps: int = 4000  # schedule "inverse_sqrt": linear warm-up over these optimizer steps, then 1/sqrt
+    # translation (task "translation", shiftadd.train.translation)
+    src_lang: str = "en"
+    tgt_lang: str = "de"
+    vocab_size: int = 8000  # joint SentencePiece vocabulary (an upper bound for small corpora)
+    max_tokens: int = 4096  # padded tokens per side of a training batch (replaces batch_size)
+    beam: int = 5  # beam width of the final test BLEU (per-epoch validation BLEU decodes greedily)
+    length_penalty: float = 1.0  # beam search: score / length ** length_penalty
     # run
     seed: int = 0
     device: str = "auto"
@@ -129,12 +138,29 @@ class TrainConfig:
         if self.threads is not None and self.threads < 1:
             raise UserError(f"threads must be >= 1, got {self.threads}")
         self._validate_compression()
+        self._validate_translation()
         if not isinstance(self.model_options, dict):
             raise UserError("model_options must be a mapping of option names to values")
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda", "mps") or dev.startswith("cuda:")):
             raise UserError(f"unknown device {dev!r}; use auto, cpu, cuda or cuda:N")
         return self
+
+    def _validate_translation(self) -> None:
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise UserError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        for name in ("warmup_steps", "vocab_size", "max_tokens", "beam"):
+            if getattr(self, name) < (0 if name == "warmup_steps" else 1):
+                raise UserError(f"{name} must be >= {0 if name == 'warmup_steps' else 1}, got {getattr(self, name)}")
+        if not (self.length_penalty >= 0 and math.isfinite(self.length_penalty)):
+            raise UserError(f"length_penalty must be >= 0, got {self.length_penalty}")
+        if self.task == "translation":
+            if self.dataset != "multi30k":
+                raise UserError(f"the translation task trains on dataset 'multi30k' (any folder with its layout "
+                                f"via --data-dir), got {self.dataset!r}")
+            if self.src_lang == self.tgt_lang:
+                raise UserError(f"src_lang and tgt_lang are both {self.src_lang!r}; choose two languages "
+                                "(Multi30k: en, de, fr)")
 
     def _validate_compression(self) -> None:
         from shiftadd.prune import METHODS, SCOPES
@@ -187,7 +213,18 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     # 100 for AdderNet's 400): pass --epochs.
     "cifar-fast": dict(optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine",
                        warmup_epochs=1, batch_size=128, epochs=40, adaptive_eta=0.2, shift_param_groups=True),
+    # Transformer for translation (Vaswani et al. 2017, Sec. 5.3-5.4): Adam (0.9, 0.98), linear warm-up then
+    # inverse-square-root decay per step, label smoothing 0.1; token batches (max_tokens) on Multi30k. The peak
+    # lr and the short warm-up suit Multi30k's ~100 batches of 4,096 tokens per epoch. Adder layers keep the
+    # adaptive LR.
+    "transformer": dict(task="translation", dataset="multi30k", model="transformer-seq", optimizer="adam",
+                        adam_betas=[0.9, 0.98], lr=1e-3, weight_decay=0.0, schedule="inverse_sqrt",
+                        warmup_steps=400, label_smoothing=0.1, max_tokens=4096, epochs=30, adaptive_eta=0.2,
+                        shift_param_groups=False),
 }
+
+#: The recipe a task trains with when none is named.
+DEFAULT_RECIPES: Dict[str, str] = {"translation": "transformer"}
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
@@ -255,7 +292,7 @@ def make_config(recipe: Optional[str] = None, overrides: Optional[Mapping[str, A
     values: Dict[str, Any] = {}
     values.update(overrides or {})
     values.update(kwargs)
-    recipe = recipe or values.get("recipe") or TrainConfig.recipe
+    recipe = recipe or values.get("recipe") or DEFAULT_RECIPES.get(values.get("task"), TrainConfig.recipe)
     if recipe not in RECIPES:
         raise UserError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
     unknown = sorted(set(values) - set(_FIELDS))

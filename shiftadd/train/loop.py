@@ -21,7 +21,9 @@ import torch.nn as nn
 from shiftadd.errors import CheckpointError, UserError
 from shiftadd.train import checkpoint as ckpt
 from shiftadd.train import distributed as D
-from shiftadd.train.build import build_model, build_optimizer, lr_factor, resolve_device, seed_everything
+from shiftadd.train.build import (
+    build_model, build_optimizer, lr_factor, per_step_schedule, resolve_device, seed_everything, step_lr_factor,
+)
 from shiftadd.train.compress import prepare_model
 from shiftadd.train.config import TrainConfig, config_from_dict
 from shiftadd.train.evaluate import has_adder_layers, recalibrate_batchnorm
@@ -174,7 +176,8 @@ def _announce(say, config: TrainConfig, task: Task, data: TaskData, params: int,
     """The log lines that start a new run."""
     sizes = [f"{len(data.train)} train"] + ([f"{len(data.val)} validation"] if data.val is not None else [])
     say(f"training {config.model} ({config.op}) on {config.dataset}: {' / '.join(sizes + [f'{len(data.test)} test'])} "
-        f"{task.unit}, {params:,} parameters, recipe {config.recipe}, {config.epochs} epochs, batch {config.batch_size}"
+        f"{task.unit}, {params:,} parameters, recipe {config.recipe}, {config.epochs} epochs, "
+        + (task.describe_batch(config) if hasattr(task, "describe_batch") else f"batch {config.batch_size}")
         + (f", {info.world_size} processes" if info.enabled else "") + f", device {device}")
     if config.init_from:
         say(f"starting from the weights of {config.init_from}")
@@ -280,13 +283,16 @@ def _train(config: TrainConfig, task: Task, out: Optional[str], saved: Optional[
 
     eta = config.adaptive_eta or None
     masked = any(get_mask(m) is not None for m in raw_model.modules())
-    min_batch = max(2, info.world_size)
+    min_batch = max(getattr(task, "min_batch", 2), info.world_size)  # 2: BatchNorm needs two samples
     steps_per_epoch = len(train_loader)
     run_start, steps_done = time.time(), 0
     total_steps = steps_per_epoch * (config.epochs - start_epoch)
     train_seconds = sum(h.get("train_seconds", 0.0) for h in history)
     title = f"{config.model} / {config.op} on {config.dataset}"
     bar_wanted = main and show_progress_bar(config)
+    per_step = per_step_schedule(config)
+    rate_key, rate_label = getattr(task, "rate", ("images_per_second", "img/s"))
+    fmt = getattr(task, "format_metric", None) or (lambda v: f"{100 * v:.2f}%")
 
     for epoch in range(start_epoch, config.epochs):
         factor = lr_factor(config, epoch)
@@ -319,6 +325,10 @@ def _train(config: TrainConfig, task: Task, out: Optional[str], saved: Optional[
             regularizer = getattr(raw_model, "regularization_loss", None)
             if callable(regularizer):  # e.g. the sparse-shift L1 penalty (Chen et al., CVPR 2019)
                 loss = loss + regularizer()
+            if per_step:  # e.g. inverse-sqrt warm-up: the step's rate from the global step number
+                factor = step_lr_factor(config, epoch * steps_per_epoch + step)
+                for g in optimizer.param_groups:
+                    g["lr"] = g["base_lr"] * factor
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if eta:
@@ -348,6 +358,8 @@ def _train(config: TrainConfig, task: Task, out: Optional[str], saved: Optional[
         if bar is not None:
             bar.close()
         epoch_train = time.time() - t0
+        if per_step:  # the rate of the epoch's last step
+            lr = optimizer.param_groups[0]["lr"]
         n = max(stats[2].item(), 1.0)
         train_loss, train_score = stats[0].item() / n, stats[1].item() / n
         if recal_images:
@@ -360,7 +372,7 @@ def _train(config: TrainConfig, task: Task, out: Optional[str], saved: Optional[
         row = {"epoch": epoch + 1, "train_loss": train_loss, f"train_{task.train_metric}": train_score,
                f"{split}_loss": evaluated["loss"], f"{split}_{metric}": evaluated[metric], "lr": lr,
                "seconds": time.time() - t0, "train_seconds": epoch_train,
-               "images_per_second": n / max(epoch_train, 1e-9)}
+               rate_key: n / max(epoch_train, 1e-9)}
         history.append(row)
         improved = splits.val is not None and sign * evaluated[metric] > best_score
         if improved:
@@ -382,8 +394,8 @@ def _train(config: TrainConfig, task: Task, out: Optional[str], saved: Optional[
             D.barrier(info)
         writer.epoch(row, history, title)
         say(f"epoch {epoch + 1}/{config.epochs}  train loss {train_loss:.4f} {task.train_metric} "
-            f"{100 * train_score:.2f}%  {split} loss {evaluated['loss']:.4f} {metric} {100 * evaluated[metric]:.2f}%  "
-            f"lr {lr:.4g}  {row['seconds']:.1f}s ({row['images_per_second']:.0f} img/s)")
+            f"{100 * train_score:.2f}%  {split} loss {evaluated['loss']:.4f} {metric} {fmt(evaluated[metric])}  "
+            f"lr {lr:.4g}  {row['seconds']:.1f}s ({row[rate_key]:.0f} {rate_label})")
     writer.close()
     if splits.val is None:
         last = history[-1]
@@ -395,7 +407,7 @@ def _train(config: TrainConfig, task: Task, out: Optional[str], saved: Optional[
         results = _final_test(task, config, raw_model, best_state, best_epoch, history, test_loader, device, info)
         for name, r in results.items():
             say(f"test ({name} model, epoch {r['epoch']}): loss {r['test_loss']:.4f} {metric} "
-                f"{100 * r[f'test_{metric}']:.2f}% ({r[f'test_{task.unit}']} {task.unit})")
+                f"{fmt(r[f'test_{metric}'])} ({r[f'test_{task.unit}']} {task.unit})")
         writer.results(results)
     return TrainResult(config, out, history, raw_model, params, train_seconds,
                        {"model_options": model_opts, "world_size": info.world_size, "rank": info.rank}, results)

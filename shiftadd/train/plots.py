@@ -34,7 +34,11 @@ def plot_curves(history: Sequence[Dict[str, Any]], path: str, title: str = "") -
     metrics rows; returns ``path``."""
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
-    split = "val" if history and "val_acc" in history[0] else "test"
+    split = "val" if history and "val_loss" in history[0] else "test"
+    # the task's metric: accuracy (shown in %) or e.g. BLEU (shown as is)
+    metric = "acc" if not history or f"{split}_acc" in history[0] else next(
+        k[len(split) + 1:] for k in history[0] if k.startswith(f"{split}_") and k != f"{split}_loss")
+    scale, unit = (100, "accuracy (%)") if metric == "acc" else (1, metric.upper())
     label = "validation" if split == "val" else "test"
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
@@ -43,10 +47,11 @@ def plot_curves(history: Sequence[Dict[str, Any]], path: str, title: str = "") -
     ax1.set_ylabel("cross-entropy loss")
     ax1.legend()
     ax1.grid(alpha=0.3)
-    ax2.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
-    ax2.plot(epochs, [100 * h[f"{split}_acc"] for h in history], "s-", label=label)
+    if metric == "acc":
+        ax2.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
+    ax2.plot(epochs, [scale * h[f"{split}_{metric}"] for h in history], "s-", label=label)
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel("accuracy (%)")
+    ax2.set_ylabel(unit)
     ax2.legend()
     ax2.grid(alpha=0.3)
     return _save(fig, path, title)

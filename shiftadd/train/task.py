@@ -170,6 +170,8 @@ class ClassificationTask:
 
 # --------------------------------------------------------------------------- registry
 _TASKS: Dict[str, Callable[[], Task]] = {"classification": ClassificationTask}
+#: Tasks defined in their own module, imported (and so registered) when first asked for.
+_TASK_MODULES: Dict[str, str] = {"translation": "shiftadd.train.translation"}
 
 
 def register_task(name: str, factory: Callable[[], Task]) -> None:
@@ -178,11 +180,15 @@ def register_task(name: str, factory: Callable[[], Task]) -> None:
 
 
 def task_names() -> Tuple[str, ...]:
-    return tuple(_TASKS)
+    return tuple(dict.fromkeys([*_TASKS, *_TASK_MODULES]))
 
 
 def get_task(name: str) -> Task:
     """The task registered as ``name``; UserError naming the known ones otherwise."""
+    if name not in _TASKS and name in _TASK_MODULES:
+        import importlib
+
+        importlib.import_module(_TASK_MODULES[name])
     if name not in _TASKS:
-        raise UserError(f"unknown task {name!r}; choose one of: {', '.join(_TASKS)}")
+        raise UserError(f"unknown task {name!r}; choose one of: {', '.join(task_names())}")
     return _TASKS[name]()
