@@ -56,6 +56,10 @@ def _run(args: argparse.Namespace) -> int:
     for name in ("batch", "threads", "repeats"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.json:
+        from shiftadd.paths import check_output_file
+
+        check_output_file(args.json, "--json")
     try:
         use_device(args.device)
     except (ValueError, RuntimeError) as exc:
