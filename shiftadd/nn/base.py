@@ -30,11 +30,9 @@ def _own_float_parameter(module: nn.Module) -> Optional[torch.Tensor]:
 def check_dtype(module: nn.Module, x: torch.Tensor, weight: Optional[torch.Tensor]) -> None:
     """nn.Conv2d's rule: the input dtype must equal the weight dtype (outside torch.autocast)."""
     if weight is not None and x.dtype != weight.dtype and not _autocast_on(x):
-        name = lambda dt: str(dt).replace("torch.", "")  # noqa: E731
         raise DtypeMismatchError(
-            f"{type(module).__name__}: input type ({name(x.dtype)}) and weight type ({name(weight.dtype)}) should "
-            f"be the same; convert the input (x.to({weight.dtype})) or the layer "
-            "(layer.to(dtype)), or run under torch.autocast")
+            f"{type(module).__name__}: input dtype {x.dtype} and weight dtype {weight.dtype} differ; convert the "
+            f"input (x.to({weight.dtype})) or the layer (layer.to({x.dtype})), or run under torch.autocast")
 
 
 

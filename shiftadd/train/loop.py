@@ -215,6 +215,10 @@ def _train(config: TrainConfig, task: Task, out: Optional[str], saved: Optional[
 
     seed_everything(config.seed)
     splits = task.load(config, data)
+    if min(len(splits.train), config.batch_size) < max(2, info.world_size):  # steps of 1 sample are skipped (BatchNorm)
+        raise UserError(f"no training step would run: {len(splits.train)} training {task.unit} with batch "
+                        f"{config.batch_size} on {info.world_size} process(es), and a batch needs at least "
+                        f"{max(2, info.world_size)}; use a larger --subset (or fewer in --val-split)")
     dims = task.model_dims(splits)
     model, model_opts, compression = _build(config, dims, saved)
     model.to(device)
