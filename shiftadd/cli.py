@@ -77,11 +77,24 @@ def _flushed_stdout() -> bool:
     return True
 
 
+def _check_environment() -> None:
+    """Settings from the environment that would otherwise fail mid-run."""
+    forced = os.environ.get("SHIFTADD_BACKEND")
+    if forced:
+        from shiftadd.ops.adder import _BACKENDS, _load_kernels
+
+        _load_kernels()
+        if forced not in _BACKENDS:
+            raise UserError(f"SHIFTADD_BACKEND={forced!r} is not a known adder backend; choose one of: "
+                            f"{', '.join(_BACKENDS)} (or unset it)")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
         try:
+            _check_environment()
             result = args.func(args)
         except UserError as exc:
             print(f"shiftadd {args.command}: error: {exc}", file=sys.stderr)

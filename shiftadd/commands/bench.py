@@ -64,6 +64,10 @@ def _run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name} must be >= 1, got {value}")
+    if args.json:
+        from shiftadd.paths import check_output_file
+
+        check_output_file(args.json, "--json")
     try:
         use_device(args.device)
     except (ValueError, RuntimeError) as exc:

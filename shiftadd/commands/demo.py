@@ -8,6 +8,7 @@ import os
 import time
 
 from shiftadd.errors import UserError
+from shiftadd.paths import check_output_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"unknown model {args.model!r}; see `shiftadd models`") from None
     if args.epochs < 1 or args.batch_size < 1:
         raise UserError("--epochs and --batch-size must be positive")
+    check_output_dir(args.out, "--out")
     os.makedirs(args.out, exist_ok=True)
     plot = os.path.join(args.out, "comparison.png")
     t0 = time.time()

@@ -194,6 +194,10 @@ def run(args: argparse.Namespace) -> int:
     from shiftadd.energy.profile import evaluate, format_energy
     from shiftadd.nn.families import family_names
 
+    if args.plot:
+        from shiftadd.paths import check_output_file
+
+        check_output_file(args.plot, "--plot")
     table = load_table(args.platform)  # validates the platform first
     table.format(args.fmt)
     if args.grad_fmt:

@@ -128,9 +128,9 @@ def _entry(where: str, raw: Any, memory: bool = False) -> Entry:
         raise UserError(f"{where}: estimate must be true or false, got {raw['estimate']!r}")
     word_bits = None
     if memory:
-        word_bits = int(raw["word_bits"])
-        if word_bits < 1:
-            raise UserError(f"{where}: word_bits must be positive")
+        word_bits = raw["word_bits"]
+        if isinstance(word_bits, bool) or not isinstance(word_bits, int) or word_bits < 1:
+            raise UserError(f"{where}: word_bits must be a positive integer, got {word_bits!r}")
     return Entry(value, str(raw["source"]), bool(raw["estimate"]), word_bits)
 
 
@@ -146,8 +146,11 @@ def parse_table(data: Any, origin: str = "<table>") -> EnergyTable:
         raise UserError(f"{origin}: 'formats' must map format names to {{bits: N}}")
     fmts: Dict[str, Dict[str, Any]] = {}
     for f, spec in formats.items():
-        if not isinstance(spec, Mapping) or "bits" not in spec or int(spec["bits"]) < 1:
-            raise UserError(f"{origin}: format {f!r} needs a positive 'bits'")
+        bits = spec.get("bits") if isinstance(spec, Mapping) else None
+        if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1 or \
+                not isinstance(spec.get("float", False), bool):
+            raise UserError(f"{origin}: format {f!r} needs a positive integer 'bits' (and 'float' true or false), "
+                            f"got {spec!r}")
         fmts[str(f).lower()] = {"bits": int(spec["bits"]), "float": bool(spec.get("float", False))}
     ops: Dict[str, Dict[str, Entry]] = {}
     if not isinstance(data["ops"], Mapping):
@@ -214,6 +217,10 @@ def load_table(platform: Union[str, Path, EnergyTable]) -> EnergyTable:
             data = yaml.safe_load(fh)
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a YAML text file (it is not UTF-8 text)") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     table = parse_table(data, str(path))
     if key.lower() in aliases:  # built-in tables never change; user files may
         _CACHE[key] = table

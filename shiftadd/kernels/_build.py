@@ -63,7 +63,9 @@ def _compile(build_dir: Path) -> Any:
     )
     import torch
 
-    return torch.ops.shiftadd_cpu
+    from shiftadd.kernels.traceable import traceable_ops
+
+    return traceable_ops(torch.ops.shiftadd_cpu)  # the same kernels, traceable by torch.compile/export
 
 
 def load_extension(warn: bool = True) -> Optional[Any]:
@@ -71,6 +73,8 @@ def load_extension(warn: bool = True) -> Optional[Any]:
 
     $SHIFTADD_NO_EXTENSION=1 disables it (for testing the fallback).
     """
+    if _state["tried"]:  # without the lock: torch.compile(fullgraph=True) cannot trace a lock
+        return _state["module"]
     with _lock:
         if _state["tried"]:
             return _state["module"]

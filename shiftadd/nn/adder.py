@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Union
 
 import torch
 import torch.nn as nn
@@ -26,7 +27,7 @@ class _AdderConvNd(ConvLike):
         out_channels: int,
         kernel_size: IntOrTuple,
         stride: IntOrTuple = 1,
-        padding: IntOrTuple = 0,
+        padding: Union[IntOrTuple, str] = 0,
         dilation: IntOrTuple = 1,
         groups: int = 1,
         bias: bool = False,
@@ -34,8 +35,9 @@ class _AdderConvNd(ConvLike):
         eta: float = 0.2,
         device=None,
         dtype=None,
+        padding_mode: str = "zeros",
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode)
         _check_adder_options(grad_mode, eta)
         self.grad_mode, self.eta = grad_mode, float(eta)
         kw = {"device": device, "dtype": dtype}
@@ -45,13 +47,14 @@ class _AdderConvNd(ConvLike):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, unbatched = self.check_input(x)
+        x, padding = self.pad_input(x), self.op_padding
         if self._dim == 1:
             out = adder_conv2d(
                 x.unsqueeze(2), self.weight.unsqueeze(2), self.bias, (1, self.stride[0]),
-                (0, self.padding[0]), (1, self.dilation[0]), self.groups, self.grad_mode,
+                (0, padding[0]), (1, self.dilation[0]), self.groups, self.grad_mode,
             ).squeeze(2)
         else:
-            out = adder_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+            out = adder_conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation,
                                self.groups, self.grad_mode)
         return out.squeeze(0) if unbatched else out
 

@@ -1,12 +1,38 @@
 """Argument checking and the shared shape of conv-like operator modules."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from shiftadd.utils import IntOrTuple, as_tuple
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+class DtypeMismatchError(RuntimeError, TypeError):
+    """Input and weight dtypes differ (a RuntimeError, as nn.Conv2d raises; also a TypeError)."""
+
+
+def _autocast_on(x: torch.Tensor) -> bool:
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except (TypeError, RuntimeError):
+        return False
+
+
+def _own_float_parameter(module: nn.Module) -> Optional[torch.Tensor]:
+    return next((p for p in module.parameters(recurse=False) if p.is_floating_point()), None)
+
+
+def check_dtype(module: nn.Module, x: torch.Tensor, weight: Optional[torch.Tensor]) -> None:
+    """nn.Conv2d's rule: the input dtype must equal the weight dtype (outside torch.autocast)."""
+    if weight is not None and x.dtype != weight.dtype and not _autocast_on(x):
+        raise DtypeMismatchError(
+            f"{type(module).__name__}: input dtype {x.dtype} and weight dtype {weight.dtype} differ; convert the "
+            f"input (x.to({weight.dtype})) or the layer (layer.to({x.dtype})), or run under torch.autocast")
 
 
 
@@ -21,9 +47,10 @@ class ConvLike(nn.Module):
         out_channels: int,
         kernel_size: IntOrTuple,
         stride: IntOrTuple = 1,
-        padding: IntOrTuple = 0,
+        padding: Union[IntOrTuple, str] = 0,
         dilation: IntOrTuple = 1,
         groups: int = 1,
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
         d = self._dim
@@ -37,8 +64,42 @@ class ConvLike(nn.Module):
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
         self.kernel_size = as_tuple(kernel_size, d, "kernel_size", minimum=1)
         self.stride = as_tuple(stride, d, "stride", minimum=1)
-        self.padding = as_tuple(padding, d, "padding", minimum=0)
         self.dilation = as_tuple(dilation, d, "dilation", minimum=1)
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        pads = self._resolve_padding(padding)  # (before, after) per spatial dim
+        self.padding = tuple(a for a, _ in pads)
+        # Input padding done by F.pad before the op (then given padding 0): other modes, asymmetric "same".
+        symmetric = all(a == b for a, b in pads)
+        self._input_pad = None
+        if padding_mode != "zeros" or not symmetric:
+            self._input_pad = tuple(v for a, b in reversed(pads) for v in (a, b))
+
+    def _resolve_padding(self, padding: Union[IntOrTuple, str]) -> Tuple[Tuple[int, int], ...]:
+        d = self._dim
+        if isinstance(padding, str):
+            if padding == "valid":
+                return ((0, 0),) * d
+            if padding != "same":
+                raise ValueError(f"padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
+            if any(s != 1 for s in self.stride):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            totals = [di * (k - 1) for k, di in zip(self.kernel_size, self.dilation)]
+            return tuple((t // 2, t - t // 2) for t in totals)
+        return tuple((p, p) for p in as_tuple(padding, d, "padding", minimum=0))
+
+    @property
+    def op_padding(self) -> Tuple[int, ...]:
+        """The zero padding the operator itself applies (0 when :meth:`pad_input` pads)."""
+        return (0,) * self._dim if self._input_pad is not None else self.padding
+
+    def pad_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` padded as ``padding_mode`` (and asymmetric "same") ask; unchanged otherwise."""
+        if self._input_pad is None:
+            return x
+        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+        return F.pad(x, self._input_pad, mode=mode)
 
     @property
     def weight_shape(self) -> Tuple[int, ...]:
@@ -58,12 +119,17 @@ class ConvLike(nn.Module):
             raise ValueError(f"{type(self).__name__} expects input of shape {expected}, got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"{type(self).__name__} expects a floating-point input, got {x.dtype}")
+        check_dtype(self, x, _own_float_parameter(self))
         return x, unbatched
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if any(self.padding):
+        if self._input_pad is not None and self.padding_mode == "zeros":
+            s += ", padding='same'"  # the only asymmetric zero padding
+        elif any(self.padding):
             s += f", padding={self.padding}"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
         if any(v != 1 for v in self.dilation):
             s += f", dilation={self.dilation}"
         if self.groups != 1:
@@ -80,6 +146,7 @@ def check_linear_input(module: nn.Module, x: torch.Tensor, in_features: int) -> 
         )
     if not x.is_floating_point():
         raise TypeError(f"{type(module).__name__} expects a floating-point input, got {x.dtype}")
+    check_dtype(module, x, _own_float_parameter(module))
 
 
 def check_positive(name: str, value: int) -> int:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -127,7 +127,7 @@ class _ShiftConvNd(ConvLike, PowerOfTwoWeight):
         out_channels: int,
         kernel_size: IntOrTuple,
         stride: IntOrTuple = 1,
-        padding: IntOrTuple = 0,
+        padding: Union[IntOrTuple, str] = 0,
         dilation: IntOrTuple = 1,
         groups: int = 1,
         bias: bool = False,
@@ -139,8 +139,10 @@ class _ShiftConvNd(ConvLike, PowerOfTwoWeight):
         init: str = "kaiming",
         device=None,
         dtype=None,
+        padding_mode: str = "zeros",
     ) -> None:
-        ConvLike.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
+        ConvLike.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                          padding_mode)
         self._init_power_of_two(self.weight_shape, mode, weight_bits, rounding, activation_bits,
                                 activation_signed, init, device, dtype)
         self._init_bias(bias, out_channels, math.prod(self.weight_shape[1:]), device, dtype)
@@ -148,8 +150,8 @@ class _ShiftConvNd(ConvLike, PowerOfTwoWeight):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, unbatched = self.check_input(x)
         conv = F.conv1d if self._dim == 1 else F.conv2d
-        out = conv(self.quantize_input(x), self.weight, self.bias, self.stride, self.padding, self.dilation,
-                   self.groups)
+        out = conv(self.quantize_input(self.pad_input(x)), self.weight, self.bias, self.stride, self.op_padding,
+                   self.dilation, self.groups)
         return out.squeeze(0) if unbatched else out
 
     def extra_repr(self) -> str:

@@ -1,7 +1,7 @@
 """ShiftAddNet layers (You et al., NeurIPS 2020): a bit-shift layer followed by an adder layer."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -34,7 +34,7 @@ class _ShiftAddConvNd(ConvLike):
         out_channels: int,
         kernel_size: IntOrTuple,
         stride: IntOrTuple = 1,
-        padding: IntOrTuple = 0,
+        padding: Union[IntOrTuple, str] = 0,
         dilation: IntOrTuple = 1,
         groups: int = 1,
         bias: bool = False,
@@ -49,13 +49,14 @@ class _ShiftAddConvNd(ConvLike):
         eta: float = 0.2,
         device=None,
         dtype=None,
+        padding_mode: str = "zeros",
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode)
         kw = {"device": device, "dtype": dtype}
         self.shift = self._shift_cls(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                                      bias=False, mode=mode, weight_bits=weight_bits, rounding=rounding,
                                      activation_bits=activation_bits, activation_signed=activation_signed,
-                                     init=init, **kw)
+                                     init=init, padding_mode=padding_mode, **kw)
         pads = _same_padding(self.kernel_size, self.dilation)
         symmetric = all(a == b for a, b in pads)
         self._extra_pad = None if symmetric else tuple(v for a, b in reversed(pads) for v in (a, b))

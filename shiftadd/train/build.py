@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from shiftadd.errors import UserError
+from shiftadd.errors import CheckpointError, UserError
 from shiftadd.train.config import TrainConfig
 
 
@@ -34,7 +34,51 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             raise UserError(f"device {name!r} does not exist ({torch.cuda.device_count()} GPUs)")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UserError("device 'mps' requested but it is not available")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+
+
+def saved_model_build(meta: Dict[str, Any]) -> Dict[str, Any]:
+    """The model description a checkpoint's weights were saved from (``{}`` for old checkpoints);
+    raise CheckpointError when its configuration names another model or op than those weights."""
+    from shiftadd.models import resolve_model_name
+
+    mb = meta.get("model_build") or {}
+    config = meta.get("config") or {}
+    if mb and config:
+        def canonical(field: str, value: Any) -> Any:
+            try:
+                return resolve_model_name(str(value)) if field == "model" else value
+            except ValueError:
+                return value
+
+        for key, field in (("name", "model"), ("op", "op")):
+            if field in config and canonical(field, config[field]) != canonical(field, mb.get(key)):
+                raise CheckpointError(
+                    f"checkpoint is inconsistent: its configuration names {field} {config[field]!r} but its weights "
+                    f"are of {field} {mb.get(key)!r}; the checkpoint.json was edited or mixed with another run's")
+    return mb
+
+
+#: value types of the common architecture/layer options (-O KEY=VALUE), checked before building
+OPTION_TYPES: Dict[str, type] = {"keep_first_last": bool, "weight_bits": int, "activation_bits": int,
+                                 "expansion": int, "hidden": int, "grad_mode": str, "rounding": str, "eta": float}
+
+
+def check_option_types(options: Dict[str, Any]) -> None:
+    """Raise UserError when a known option has a value of the wrong type (``weight_bits=abc``, ``keep_first_last=maybe``)."""
+    for key, value in options.items():
+        want = OPTION_TYPES.get(key)
+        if want is None:
+            continue
+        ok = isinstance(value, want) and not (want is not bool and isinstance(value, bool))
+        if want is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            example = {bool: "true or false", int: "an integer", float: "a number", str: "a name"}[want]
+            raise UserError(f"-O {key}={value!r}: expected {example}")
 
 
 def build_model(name: str, op: str, num_classes: Optional[int], options: Dict[str, Any],
@@ -49,6 +93,7 @@ def build_model(name: str, op: str, num_classes: Optional[int], options: Dict[st
     from shiftadd.models import create, data_options
 
     opts = {**(from_data or {}), **options}
+    check_option_types(opts)
     try:
         data = data_options(name, None if "in_channels" in opts else in_channels,
                             None if "image_size" in opts else image_size)

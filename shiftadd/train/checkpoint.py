@@ -23,7 +23,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from shiftadd.errors import CheckpointError
+from shiftadd.errors import CheckpointError, UserError
+from shiftadd.paths import check_readable, umask_mode
 from shiftadd.utils import sha256_file
 
 FORMAT = "shiftadd-checkpoint"
@@ -136,6 +137,7 @@ def save_checkpoint(out_dir: str, model: torch.nn.Module, optimizer: Optional[to
     final = os.path.join(out_dir, name)
     tmp = f"{final}.tmp-{os.getpid()}"
     save_file(tensors, tmp, metadata={"format": FORMAT, "version": str(VERSION)})
+    os.chmod(tmp, umask_mode())  # safetensors creates 0600; others may evaluate a shared run
     _fsync(tmp)
     os.replace(tmp, final)
     doc = dict(meta)
@@ -167,12 +169,22 @@ class Checkpoint:
         return int(self.meta["epoch"])
 
 
+def _check_readable(path: str) -> None:
+    try:
+        check_readable(path)
+    except UserError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
 def resolve_checkpoint_path(path: str) -> str:
     """Accept a run directory or its ``checkpoint.json``; return the JSON path or raise CheckpointError."""
+    _check_readable(path)
     if os.path.isdir(path):
         meta_path = os.path.join(path, META_NAME)
         if not os.path.isfile(meta_path):
+            _check_readable(meta_path)
             raise CheckpointError(f"no checkpoint in {path} (missing {META_NAME})")
+        _check_readable(meta_path)
         return meta_path
     if os.path.isfile(path):
         return path
@@ -220,6 +232,7 @@ def load_checkpoint(path: str, map_location: Union[str, torch.device] = "cpu") -
     meta_path = resolve_checkpoint_path(path)
     meta = load_checkpoint_meta(meta_path)
     tensor_path = os.path.join(os.path.dirname(meta_path), str(meta.get("tensors", "")))
+    _check_readable(tensor_path)
     if not os.path.isfile(tensor_path):
         raise CheckpointError(f"checkpoint tensors missing: {tensor_path}")
     if meta.get("sha256") and sha256_file(tensor_path) != meta["sha256"]:

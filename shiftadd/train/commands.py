@@ -270,6 +270,8 @@ def _cmd_train(args) -> int:
     values = _requested(given)
     if "resume" in given:
         run = given["resume"]
+        if os.path.isfile(run) and os.path.basename(run) == "checkpoint.json":  # as eval accepts it
+            run = os.path.dirname(run) or "."
         if "out" in given and os.path.abspath(given["out"]) != os.path.abspath(run):
             raise UserError("--resume OUT continues OUT in place; do not pass a different --out")
         config, out, resume = _resumed_config(run, values), run, True

@@ -125,7 +125,7 @@ class TrainConfig:
             raise UserError(f"milestones are fractions of the epochs, each in (0, 1); got {self.milestones}")
         if self.warmup_epochs < 0 or (self.warmup_epochs > 0 and self.warmup_epochs >= self.epochs):
             raise UserError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
-        if self.adaptive_eta is not None and self.adaptive_eta < 0:
+        if self.adaptive_eta is not None and not (0 <= self.adaptive_eta < math.inf):
             raise UserError(f"adaptive_eta must be >= 0 (0 or null turns it off), got {self.adaptive_eta}")
         if self.shift_lr is not None and not self.shift_lr > 0:
             raise UserError(f"shift_lr must be > 0, got {self.shift_lr}")

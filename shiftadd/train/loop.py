@@ -19,16 +19,18 @@ import torch
 import torch.nn as nn
 
 from shiftadd.errors import CheckpointError, UserError
+from shiftadd.paths import check_output_dir
 from shiftadd.train import checkpoint as ckpt
 from shiftadd.train import distributed as D
 from shiftadd.train.build import (
-    build_model, build_optimizer, lr_factor, per_step_schedule, resolve_device, seed_everything, step_lr_factor,
+    build_model, build_optimizer, lr_factor, per_step_schedule, resolve_device, saved_model_build, seed_everything,
+    step_lr_factor,
 )
 from shiftadd.train.compress import prepare_model
 from shiftadd.train.config import TrainConfig, config_from_dict
 from shiftadd.train.evaluate import has_adder_layers, recalibrate_batchnorm
 from shiftadd.train.task import Task, TaskData, get_task
-from shiftadd.train.writer import BEST_DIR, RunWriter
+from shiftadd.train.writer import BEST_DIR, RunWriter, check_tensorboard, remove_stale_temporaries
 
 #: Fields that may change when a run is resumed (they do not affect the numbers it produces).
 RESUMABLE_OVERRIDES = ("device", "workers", "threads", "progress", "tensorboard", "data_dir", "epochs")
@@ -127,6 +129,10 @@ def train(config: TrainConfig, out: Optional[str] = None, *, resume: bool = Fals
     """
     log = log or print
     config.validate()
+    if out is not None:
+        check_output_dir(out, "--out")  # before any work: not after the first epoch
+    if config.tensorboard:
+        check_tensorboard()
     if config.threads:
         torch.set_num_threads(config.threads)
     saved: Optional[ckpt.Checkpoint] = None
@@ -134,6 +140,7 @@ def train(config: TrainConfig, out: Optional[str] = None, *, resume: bool = Fals
         if out is None:
             raise UserError("resume needs the run directory")
         saved = ckpt.load_checkpoint(out)
+        remove_stale_temporaries(out)
         base = config_from_dict(saved.meta["config"])
         for k in RESUMABLE_OVERRIDES:
             setattr(base, k, getattr(config, k))
@@ -143,6 +150,8 @@ def train(config: TrainConfig, out: Optional[str] = None, *, resume: bool = Fals
                             "(pass a larger --epochs to continue it)")
     elif out is not None and os.path.isfile(os.path.join(out, ckpt.META_NAME)):
         raise UserError(f"{out} already holds a run; use --resume {out} to continue it or choose another --out")
+    if config.data_dir:  # stored in the run: eval/--resume from another folder must find the data
+        config.data_dir = os.path.abspath(os.path.expanduser(config.data_dir))
     task = task if task is not None else get_task(config.task)
 
     device_probe = resolve_device(config.device)
@@ -156,8 +165,8 @@ def train(config: TrainConfig, out: Optional[str] = None, *, resume: bool = Fals
 def _build(config: TrainConfig, dims: Dict[str, Any], saved: Optional[ckpt.Checkpoint]):
     """``(model, build options, compression summary)``: a new model, or the saved run's, prepared by
     :func:`~shiftadd.train.compress.prepare_model` (checkpoint or fine-tuning start weights)."""
-    if saved is not None and "model_build" in saved.meta:
-        mb = saved.meta["model_build"]
+    if saved is not None and saved_model_build(saved.meta):
+        mb = saved_model_build(saved.meta)
         model, model_opts = build_model(mb["name"], mb["op"], mb["num_classes"], mb["options"])
     else:
         model, model_opts = build_model(config.model, config.op, options=config.model_options, **dims)
@@ -207,15 +216,19 @@ def _train(config: TrainConfig, task: Task, out: Optional[str], saved: Optional[
         torch.backends.cudnn.deterministic = True
     main = info.is_main
     say = log if main else (lambda *_: None)
-    writer = RunWriter(out, config.tensorboard, main)
 
     seed_everything(config.seed)
     splits = task.load(config, data)
+    if min(len(splits.train), config.batch_size) < max(2, info.world_size):  # steps of 1 sample are skipped (BatchNorm)
+        raise UserError(f"no training step would run: {len(splits.train)} training {task.unit} with batch "
+                        f"{config.batch_size} on {info.world_size} process(es), and a batch needs at least "
+                        f"{max(2, info.world_size)}; use a larger --subset (or fewer in --val-split)")
     dims = task.model_dims(splits)
     model, model_opts, compression = _build(config, dims, saved)
     model.to(device)
     params = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(config, model)
+    writer = RunWriter(out, config.tensorboard, main)  # the run is valid: only now create its folder
 
     if device.type == "cuda":  # batches are then cut, augmented and normalised on the GPU
         splits = splits.to(device)

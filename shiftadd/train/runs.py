@@ -7,10 +7,10 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
-from shiftadd.errors import CheckpointError, UserError
+from shiftadd.errors import CheckpointError, DataError, UserError
 from shiftadd.train import checkpoint as ckpt
 from shiftadd.train import distributed as D
-from shiftadd.train.build import build_model, resolve_device
+from shiftadd.train.build import build_model, resolve_device, saved_model_build
 from shiftadd.train.compress import prepare_model
 from shiftadd.train.config import TrainConfig, config_from_dict
 from shiftadd.train.task import get_task
@@ -23,7 +23,7 @@ def load_trained_model(path: str, device: str = "cpu", data=None) -> Tuple[nn.Mo
     needed for checkpoints that predate the saved model description."""
     saved = ckpt.load_checkpoint(path)
     config = config_from_dict(saved.meta["config"])
-    mb = saved.meta.get("model_build") or {}
+    mb = saved_model_build(saved.meta)
     if mb:
         model, _ = build_model(mb["name"], mb["op"], mb["num_classes"], mb["options"])
     else:
@@ -65,8 +65,15 @@ def evaluate_checkpoint(path: str, data_dir: Optional[str] = None, device: str =
     prunes the model first; the result then has its ``"sparsity"`` report.
     """
     config = checkpoint_config(path, data_dir, test_subset)
+    resolve_device(device)  # a bad device name fails before the data set is loaded
     task = get_task(config.task)
-    splits = task.load(config, data)
+    try:
+        splits = task.load(config, data)
+    except DataError as exc:
+        if data_dir is not None:
+            raise
+        raise DataError(f"{exc} (the run's data set was in {config.data_dir or 'the default location'}; "
+                        "pass --data-dir to say where it is now)") from None
     model, _, saved = load_trained_model(path, device, (splits.train, splits.test))
     dev = next(model.parameters()).device
     report = None

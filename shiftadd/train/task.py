@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from shiftadd.errors import UserError
+from shiftadd.errors import DataError, UserError
 from shiftadd.train import distributed as D
 from shiftadd.train.config import TrainConfig
 from shiftadd.train.evaluate import as_tensors, evaluate
@@ -87,6 +87,8 @@ def load_data(config: TrainConfig):
 
     try:
         train, test = load_dataset(config.dataset, data_dir=config.data_dir, subset=config.subset, seed=config.seed)
+        if config.test_subset is not None and config.test_subset > len(test):
+            raise DataError(f"test_subset={config.test_subset} is larger than the test set ({len(test)} images)")
         if config.test_subset is not None and config.test_subset < len(test):
             test = test.balanced_subset(config.test_subset, config.seed)
         return train, test

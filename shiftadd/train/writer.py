@@ -5,6 +5,7 @@ Every file is replaced atomically (temporary name, then ``os.replace``); only th
 from __future__ import annotations
 
 import json
+import glob
 import os
 from typing import Any, Dict, List, Optional
 
@@ -21,19 +22,35 @@ RESULTS_NAME = "results.json"  # test metrics measured once at the end of a run 
 SCALARS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "images_per_second")
 
 
+def check_tensorboard() -> None:
+    """Raise UserError when --tensorboard cannot work (the package is missing)."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install 'shiftadd[tensorboard]'") from None
+
+
+def remove_stale_temporaries(out: str) -> None:
+    """Delete the ``*.tmp-PID`` files a save killed half-way left behind (call when resuming ``out``)."""
+    for path in glob.glob(os.path.join(glob.escape(out), "**", "*.tmp-*"), recursive=True):
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
 class RunWriter:
     """The run directory ``out`` of one training run (does nothing when ``out`` is None or not ``enabled``)."""
 
     def __init__(self, out: Optional[str], tensorboard: bool = False, enabled: bool = True) -> None:
         self.out, self.enabled, self.tb = out, enabled and out is not None, None
+        if self.enabled and tensorboard:
+            check_tensorboard()
         if self.enabled:
             os.makedirs(out, exist_ok=True)
         if self.enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # raised before training starts
-                raise UserError("--tensorboard needs the tensorboard package: pip install 'shiftadd[tensorboard]'"
-                                ) from None
+            from torch.utils.tensorboard import SummaryWriter
+
             self.tb = SummaryWriter(os.path.join(out, "tensorboard"))
 
     def rewrite(self, history: List[Dict[str, Any]]) -> None:
