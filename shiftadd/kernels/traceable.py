@@ -38,6 +38,8 @@ _FAKES: Dict[str, Callable[..., torch.Tensor]] = {
     "conv_forward": lambda x, w, s, p, d, g, exact: _conv_out(x, w, s, p, d, x.dtype),
     "conv_grad_input": lambda x, w, dout, s, p, d, g, mode: _like(x),
     "conv_grad_weight_sign": lambda x, w, dout, s, p, d, g: _like(w),
+    "conv_backward": lambda x, w, dout, s, p, d, g, mode, want_input, want_weight: (
+        _like(x) if want_input else x.new_empty(0), _like(w) if want_weight else w.new_empty(0)),
     "mm_forward": lambda X, W, exact: _mm_out(X, W, X.dtype),
     "mm_grad_input": lambda X, W, dY, mode: _like(X),
     "mm_grad_weight_sign": lambda X, W, dY: _like(W),
