@@ -7,7 +7,6 @@ PyTorch integer model's bit for bit, and the float / integer / C accuracies are 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from typing import Any, Dict

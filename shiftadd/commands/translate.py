@@ -1,19 +1,11 @@
 """``shiftadd translate``: translate sentences with a trained translation run."""
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import List
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+from shiftadd.train.commands import _positive_int
 
 
 def register(subparsers) -> None:

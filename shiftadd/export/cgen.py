@@ -15,7 +15,7 @@ left shifts of possibly negative values go through ``uint32_t``/``uint64_t``.
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Tuple
 
 import torch
 import torch.nn as nn
