@@ -21,14 +21,11 @@ import torch.nn as nn
 
 
 def recalibrate_bn(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    model.train()
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            m.reset_running_stats()
-            m.momentum = None
-    with torch.no_grad():
-        for chunk in x.split(64):
-            model(chunk)
+    """BatchNorm statistics from ``x`` in batches of 64 (the trainer's recalibration), then eval mode."""
+    from shiftadd.train.evaluate import recalibrate_batchnorm
+
+    batches = [(chunk, torch.zeros(len(chunk))) for chunk in x.split(64)]
+    recalibrate_batchnorm(model, batches, len(x), torch.device("cpu"))
     return model.eval()
 
 

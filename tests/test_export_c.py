@@ -13,6 +13,7 @@ from shiftadd.export import build_integer_network, export_c
 from shiftadd.export import toolchain as tc
 from shiftadd.export.cgen import MULTIPLICATION_FREE_KINDS, arena_bytes, fused_requant, plan_arena, write_c
 from shiftadd.export.graph import UnsupportedModelError
+from shiftadd.train.evaluate import recalibrate_batchnorm
 from shiftadd.nn import (AdderConv2d, AdderLinear, ShiftAddConv2d, ShiftAddLinear, ShiftConv2d, ShiftLinear)
 
 needs_cc = pytest.mark.skipif(tc.host_compiler() is None, reason="no host C compiler (cc/gcc/clang)")
@@ -29,13 +30,7 @@ def _randomise_bn(model: nn.Module, gen: torch.Generator) -> None:
 
 def _recalibrate_bn(model: nn.Module, x: torch.Tensor) -> nn.Module:
     """Running statistics from ``x`` (so random adder/shift models have activations in range)."""
-    model.train()
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            m.reset_running_stats()
-            m.momentum = None
-    with torch.no_grad():
-        model(x)
+    recalibrate_batchnorm(model, [(x, torch.zeros(len(x)))], len(x), torch.device("cpu"))
     return model.eval()
 
 
