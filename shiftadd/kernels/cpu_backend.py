@@ -86,12 +86,17 @@ def unfold_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: IntOrPair = 1, 
 class _AdderConv2dFn(torch.autograd.Function):
     """Fused adder conv2d on the C++ extension (no im2col matrix in memory)."""
 
+    generate_vmap_rule = True  # torch.func.vmap: the ops have no batching rule, PyTorch loops over samples
+
     @staticmethod
-    def forward(ctx, x, w, stride, padding, dilation, groups, mode, ext):  # type: ignore[override]
-        x, w = x.contiguous(), w.contiguous()
-        ctx.save_for_backward(x, w)
+    def forward(x, w, stride, padding, dilation, groups, mode, ext):  # type: ignore[override]
+        return ext.conv_forward(x.contiguous(), w.contiguous(), stride, padding, dilation, groups, _exact_forward())
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        x, w, stride, padding, dilation, groups, mode, ext = inputs
+        ctx.save_for_backward(x.contiguous(), w.contiguous())
         ctx.conf = (stride, padding, dilation, groups, mode, ext)
-        return ext.conv_forward(x, w, stride, padding, dilation, groups, _exact_forward())
 
     @staticmethod
     @once_differentiable

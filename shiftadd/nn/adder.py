@@ -7,7 +7,7 @@ from typing import Union
 import torch
 import torch.nn as nn
 
-from shiftadd.nn.base import ConvLike, IntOrTuple, check_linear_input, check_positive
+from shiftadd.nn.base import ConvLike, IntOrTuple, LayerModule, check_linear_input, check_positive
 from shiftadd.ops.adder import GRAD_MODES, adder_conv2d, adder_linear
 
 
@@ -74,7 +74,7 @@ class AdderConv2d(_AdderConvNd):
     _dim = 2
 
 
-class AdderLinear(nn.Module):
+class AdderLinear(LayerModule):
     """Adder fully-connected layer: out[o] = -sum_i |x[i] - w[o, i]|.
 
     ``bias`` defaults to False, unlike ``nn.Linear``: AdderNet follows every adder layer by BatchNorm,

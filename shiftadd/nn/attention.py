@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from shiftadd.nn.base import check_positive
+from shiftadd.nn.base import LayerModule, check_positive
 from shiftadd.nn.factory import linear_layer
 from shiftadd.nn.lightweight import LightweightBlock, State
 from shiftadd.ops.attention import scaled_dot_product_attention
@@ -19,7 +19,7 @@ from shiftadd.ops.attention import scaled_dot_product_attention
 LAYER_OPTIONS = ("weight_bits", "rounding", "grad_mode", "eta")
 
 
-class MultiheadAttention(nn.Module):
+class MultiheadAttention(LayerModule):
     """Multi-head attention (Vaswani et al. 2017) with Q/K/V/output projections of family ``proj_op``.
 
     ``forward(x, padding_mask, state)`` is self-attention (``causal`` set at construction);
@@ -86,7 +86,7 @@ def _mask_or_false(mask: Optional[torch.Tensor], like: torch.Tensor) -> torch.Te
     return torch.zeros(like.shape[0], like.shape[2], dtype=torch.bool, device=like.device)
 
 
-class TwoBranchBlock(nn.Module):
+class TwoBranchBlock(LayerModule):
     """ShiftAddNAS's "attention + X": channels [0, C/2) go through multi-head attention, channels
     [C/2, C) through a lightweight block of ``variant``; the two halves are concatenated.
 

@@ -36,7 +36,25 @@ def check_dtype(module: nn.Module, x: torch.Tensor, weight: Optional[torch.Tenso
 
 
 
-class ConvLike(nn.Module):
+class NotScriptableError(RuntimeError):
+    """``torch.jit.script`` was given a shiftadd layer (TorchScript cannot compile them)."""
+
+
+class LayerModule(nn.Module):
+    """Base of the library's layers: an ``nn.Module`` that ``torch.jit.script`` refuses in one line.
+
+    The layers dispatch to custom autograd functions and backends in Python, which TorchScript
+    (deprecated by PyTorch) cannot compile; its own error is a multi-page trace. ``torch.compile``
+    and ``torch.export`` work instead (docs/operators.md, "PyTorch tool-chain").
+    """
+
+    def __prepare_scriptable__(self) -> nn.Module:  # called by torch.jit.script on every submodule
+        raise NotScriptableError(
+            f"torch.jit.script cannot compile shiftadd's {type(self).__name__} (TorchScript does not support its custom "
+            "autograd functions); use torch.compile(model) or torch.export.export(model, args) instead")
+
+
+class ConvLike(LayerModule):
     """Holds and validates nn.ConvNd's hyper-parameters under nn.ConvNd's attribute names."""
 
     _dim = 2

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shiftadd.nn.adder import _check_adder_options
-from shiftadd.nn.base import check_positive
+from shiftadd.nn.base import LayerModule, check_positive
 from shiftadd.nn.factory import linear_layer
 from shiftadd.nn.shift import ShiftLinear
 from shiftadd.ops.lightweight import adder_lightweight_conv1d, lightweight_conv1d, mask_padding
@@ -39,7 +39,7 @@ State = Dict[str, Any]  # tensors (or nested dicts of a composite block)
 VARIANTS = ("mult", "adder", "shiftadd")
 
 
-class _TimeConv(nn.Module):
+class _TimeConv(LayerModule):
     """Shared shape handling, padding mask and incremental state of the lightweight convolutions."""
 
     def __init__(self, channels: int, kernel_size: int, heads: int, causal: bool, bias: bool) -> None:
@@ -136,7 +136,7 @@ class AdderLightweightConv1d(_TimeConv):
         return super().extra_repr() + f", grad_mode={self.grad_mode!r}, eta={self.eta}"
 
 
-class ShiftAddLightweightConv1d(nn.Module):
+class ShiftAddLightweightConv1d(LayerModule):
     """``.shift`` (ShiftLinear C -> C over channels, DeepShift-PS) then ``.adder`` (adder time conv).
 
     ``shift_options`` go to :class:`shiftadd.nn.ShiftLinear` (``weight_bits``, ``mode``, ...).
@@ -176,7 +176,7 @@ def time_conv(variant: str, channels: int, kernel_size: int, heads: int = 1, cau
     raise ValueError(f"unknown lightweight variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
 
 
-class LightweightBlock(nn.Module):
+class LightweightBlock(LayerModule):
     """Wu et al.'s lightweight-conv block: ``in_proj`` (C -> 2C and GLU, or C -> C), ``conv``, ``out_proj``.
 
     ``proj_op`` is the operator family of both projections (see :data:`shiftadd.nn.OPS`);

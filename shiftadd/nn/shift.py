@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shiftadd.nn.adder import kaiming_like_conv
-from shiftadd.nn.base import ConvLike, IntOrTuple, check_linear_input, check_positive
+from shiftadd.nn.base import ConvLike, IntOrTuple, LayerModule, check_linear_input, check_positive
 from shiftadd.ops.bitshift import (
     ROUNDING_MODES, SHIFT_MODES, ps_weight, q_weight, shift_range, shift_sign_from_weight,
 )
@@ -18,7 +18,7 @@ from shiftadd.ops.quant import fixed_point_range, quantize_fixed_point
 INIT_MODES = ("kaiming", "deepshift")
 
 
-class PowerOfTwoWeight(nn.Module):
+class PowerOfTwoWeight(LayerModule):
     """Mixin: the power-of-two weight of a DeepShift layer, its parameters and options.
 
     mode "ps": trainable ``shift`` (p) and ``sign`` (s); mode "q": trainable ``latent_weight``.

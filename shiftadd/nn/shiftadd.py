@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shiftadd.nn.adder import AdderConv1d, AdderConv2d, AdderLinear
-from shiftadd.nn.base import ConvLike, IntOrTuple
+from shiftadd.nn.base import ConvLike, IntOrTuple, LayerModule
 from shiftadd.nn.shift import ShiftConv1d, ShiftConv2d, ShiftLinear
 
 
@@ -97,7 +97,7 @@ class ShiftAddConv2d(_ShiftAddConvNd):
     _adder_cls = AdderConv2d
 
 
-class ShiftAddLinear(nn.Module):
+class ShiftAddLinear(LayerModule):
     """A ShiftLinear (in->out) followed by an AdderLinear (out->out)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, fixed_shift: bool = False,

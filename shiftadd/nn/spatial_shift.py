@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from shiftadd.nn.base import LayerModule
 from shiftadd.ops import spatial_shift as S
 from shiftadd.ops.spatial_shift import IntOrTuple
 from shiftadd.utils import as_tuple, replace_module
@@ -34,7 +35,7 @@ def _out_shape(shape: Sequence[int], stride: Tuple[int, ...], channels_last: boo
     return shape
 
 
-class SpatialShift(nn.Module):
+class SpatialShift(LayerModule):
     """Grouped shift of Wu et al. (CVPR 2018): zero FLOPs, zero parameters.
 
     Channels are split into ``prod(kernel_size)`` groups, one direction of the k x k neighbourhood
@@ -103,7 +104,7 @@ class SpatialShift2d(SpatialShift):
         super().__init__(channels, kernel_size, dilation, stride, 2, channels_last, offsets)
 
 
-class _LearnableShift(nn.Module):
+class _LearnableShift(LayerModule):
     def __init__(self, channels: int, dim: int, stride: IntOrTuple, channels_last: bool, normalize_grad: bool,
                  init_range: float) -> None:
         super().__init__()
@@ -313,7 +314,7 @@ def freeze_sparse_shifts(model: nn.Module) -> List[str]:
 # ---------------------------------------------------------------------------------------------
 # AddressNet primitives
 # ---------------------------------------------------------------------------------------------
-class ChannelShift(nn.Module):
+class ChannelShift(LayerModule):
     """Cyclic channel shift (AddressNet), a cheap replacement for channel shuffle: ``y[:, c] = x[:, (c+s) mod C]``."""
 
     def __init__(self, shift: int, channel_dim: int = 1) -> None:
@@ -331,7 +332,7 @@ class ChannelShift(nn.Module):
         return f"shift={self.shift}"
 
 
-class AddressShift(nn.Module):
+class AddressShift(LayerModule):
     """Address shift (AddressNet): channel groups moved one pixel left/right/up/down as offset views.
 
     ``directions`` gives one direction (or ``None`` for unshifted) per group of consecutive
@@ -368,7 +369,7 @@ class AddressShift(nn.Module):
         return f"directions={self.directions}, return_groups={self.return_groups}"
 
 
-class ShortcutShift(nn.Module):
+class ShortcutShift(LayerModule):
     """Shortcut shift (AddressNet): ``[shortcut, branch]`` concatenated into one preallocated buffer.
 
     ``reuse_buffer=True`` keeps the buffer between calls when no gradient is recorded (inference);

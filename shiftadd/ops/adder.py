@@ -208,12 +208,17 @@ register_backend("reference", ReferenceBackend(), priority=0)
 class AdderFunction(torch.autograd.Function):
     """Y = -sum|X - W| on (G, P, K) x (G, O, K) with AdderNet's gradients."""
 
+    generate_vmap_rule = True  # torch.func.vmap runs forward/backward per sample on the backend's ops
+
     @staticmethod
-    def forward(ctx, X: torch.Tensor, W: torch.Tensor, mode: str, backend: AdderBackend) -> torch.Tensor:  # type: ignore[override]
-        X, W = X.contiguous(), W.contiguous()
-        ctx.save_for_backward(X, W)
+    def forward(X: torch.Tensor, W: torch.Tensor, mode: str, backend: AdderBackend) -> torch.Tensor:  # type: ignore[override]
+        return backend.forward(X.contiguous(), W.contiguous())
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        X, W, mode, backend = inputs
+        ctx.save_for_backward(X.contiguous(), W.contiguous())
         ctx.mode, ctx.backend = mode, backend
-        return backend.forward(X, W)
 
     @staticmethod
     @once_differentiable

@@ -26,7 +26,7 @@ format is accepted and kept (a ``torch.channels_last`` input gives a ``channels_
 from __future__ import annotations
 
 import itertools
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -210,13 +210,37 @@ def _move(x: torch.Tensor, offs, stride, cdim, sdims, adjoint: bool, in_sizes=No
     return _move_sorted(x, offs, stride, cdim, sdims, adjoint, in_sizes)
 
 
+def _batched_rule(fn: Callable[..., torch.Tensor], info: Any, in_dims: Sequence[Optional[int]],
+                  args: Sequence[Any]) -> Tuple[torch.Tensor, int]:
+    """``torch.func.vmap`` rule of the shift functions (whose first argument is an (N, ...) map).
+
+    Only the map batched: the vmapped dimension is folded into N (one call). A batched shift
+    parameter (e.g. ensembles through ``functional_call``): one call per sample.
+    """
+    dims = [d if isinstance(d, int) else None for d in in_dims]  # non-tensor arguments: None or a pytree of None
+    if dims[0] is not None and all(d is None for d in dims[1:]):
+        x = args[0].movedim(dims[0], 0)
+        y = fn(x.flatten(0, 1), *args[1:])
+        return y.unflatten(0, x.shape[:2]), 0
+    outs = [fn(*[a if d is None else a.select(d, i) for a, d in zip(args, dims)]) for i in range(info.batch_size)]
+    return torch.stack(outs), 0
+
+
 class _ShiftFn(torch.autograd.Function):
     """Forward: gather by the offsets. Backward: the adjoint (the opposite shift)."""
 
     @staticmethod
-    def forward(ctx, x, offs, stride, cdim, sdims):  # type: ignore[override]
-        ctx.args = (offs, stride, cdim, sdims, [x.shape[a] for a in sdims])
+    def forward(x, offs, stride, cdim, sdims):  # type: ignore[override]
         return _move(x, offs, stride, cdim, sdims, adjoint=False)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        x, offs, stride, cdim, sdims = inputs
+        ctx.args = (offs, stride, cdim, sdims, [x.shape[a] for a in sdims])
+
+    @staticmethod
+    def vmap(info, in_dims, *args):  # type: ignore[override]
+        return _batched_rule(_ShiftFn.apply, info, in_dims, args)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
@@ -228,9 +252,16 @@ class _ShiftAdjointFn(torch.autograd.Function):
     """The adjoint shift (scatter back); its own gradient is the forward shift (double backward)."""
 
     @staticmethod
-    def forward(ctx, g, offs, stride, cdim, sdims, in_sizes):  # type: ignore[override]
-        ctx.args = (offs, stride, cdim, sdims)
+    def forward(g, offs, stride, cdim, sdims, in_sizes):  # type: ignore[override]
         return _move(g, offs, stride, cdim, sdims, adjoint=True, in_sizes=in_sizes)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        ctx.args = inputs[1:5]
+
+    @staticmethod
+    def vmap(info, in_dims, *args):  # type: ignore[override]
+        return _batched_rule(_ShiftAdjointFn.apply, info, in_dims, args)
 
     @staticmethod
     def backward(ctx, gg):  # type: ignore[override]
@@ -286,9 +317,15 @@ def spatial_shift(x: torch.Tensor, offsets: Offsets, stride: IntOrTuple = 1,
 class _NormalizeShiftGrad(torch.autograd.Function):
     """Identity; the backward rescales each channel's shift gradient to unit L2 norm (ASL ``normalize``)."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, shift):  # type: ignore[override]
+    def forward(shift):  # type: ignore[override]
         return shift.view_as(shift)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        pass
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
@@ -360,10 +397,18 @@ class _ActiveShiftFn(torch.autograd.Function):
     """Bilinear (n-linear) shift; backward: weighted opposite shifts for x, Eq. 4 of ASL for the shift."""
 
     @staticmethod
-    def forward(ctx, x, shift, stride, cdim, sdims):  # type: ignore[override]
-        corners, weights, base = _corner_weights(shift.detach(), x.dtype)
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        x, shift, stride, cdim, sdims = inputs
         ctx.save_for_backward(x, shift)
         ctx.args = (stride, cdim, sdims, [x.shape[a] for a in sdims])
+
+    @staticmethod
+    def vmap(info, in_dims, *args):  # type: ignore[override]
+        return _batched_rule(_ActiveShiftFn.apply, info, in_dims, args)
+
+    @staticmethod
+    def forward(x, shift, stride, cdim, sdims):  # type: ignore[override]
+        corners, weights, base = _corner_weights(shift.detach(), x.dtype)
         if all(s == 1 for s in stride):  # one move, then the corners are windows
             sizes = [x.shape[a] for a in sdims]
             M = _floor_moved(x, [tuple(r) for r in base], cdim, sdims)
@@ -428,15 +473,26 @@ def active_shift(x: torch.Tensor, shift: torch.Tensor, stride: IntOrTuple = 1, c
     return _ActiveShiftFn.apply(x, shift, st, cdim, sdims)
 
 
+def _rounded_offsets(shift: torch.Tensor) -> List[Tuple[int, ...]]:
+    return [tuple(int(v) for v in row) for row in torch.round(shift.detach()).to(torch.long).tolist()]
+
+
 class _SparseShiftFn(torch.autograd.Function):
     """Quantization-aware shift: integer forward, active-shift (interpolation) gradient backward."""
 
     @staticmethod
-    def forward(ctx, x, shift, stride, cdim, sdims, channels_last):  # type: ignore[override]
-        offs = [tuple(int(v) for v in row) for row in torch.round(shift.detach()).to(torch.long).tolist()]
+    def forward(x, shift, stride, cdim, sdims, channels_last):  # type: ignore[override]
+        return _move(x, _rounded_offsets(shift), stride, cdim, sdims, adjoint=False)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        x, shift, stride, cdim, sdims, channels_last = inputs
         ctx.save_for_backward(x, shift)
-        ctx.args = (offs, stride, cdim, sdims, channels_last, [x.shape[a] for a in sdims])
-        return _move(x, offs, stride, cdim, sdims, adjoint=False)
+        ctx.args = (_rounded_offsets(shift), stride, cdim, sdims, channels_last, [x.shape[a] for a in sdims])
+
+    @staticmethod
+    def vmap(info, in_dims, *args):  # type: ignore[override]
+        return _batched_rule(_SparseShiftFn.apply, info, in_dims, args)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
@@ -475,16 +531,18 @@ def _interpolation_shift_grad(x: torch.Tensor, shift: torch.Tensor, g: torch.Ten
         M = _floor_moved(x, [tuple(r) for r in base_l], cdim, sdims)
         prods = [(_corner(M, corner, sizes, sdims) * g).sum(dim=red) for corner in corners]
     else:
-        prods = [m.mul_(g).sum(dim=red) for m in _gather_many(x, offs_list, stride, cdim, sdims)]  # (C,) each
-    grad = torch.zeros_like(frac)
-    for corner, p in zip(corners, prods):
-        for k in range(dim):
+        prods = [(m * g).sum(dim=red) for m in _gather_many(x, offs_list, stride, cdim, sdims)]  # (C,) each
+    cols = []  # out of place, so that the gradient also runs under torch.func.vmap (per-sample gradients)
+    for k in range(dim):
+        col = None
+        for corner, p in zip(corners, prods):
             w = torch.full_like(p, 2.0 * corner[k] - 1.0)
             for j in range(dim):
                 if j != k:
                     w = w * (frac[:, j] if corner[j] else 1 - frac[:, j])
-            grad[:, k] += w * p
-    return grad.to(shift.dtype)
+            col = w * p if col is None else col + w * p
+        cols.append(col)
+    return torch.stack(cols, dim=1).to(shift.dtype)
 
 
 def sparse_shift(x: torch.Tensor, shift: torch.Tensor, stride: IntOrTuple = 1, channels_last: bool = False,
