@@ -105,6 +105,45 @@ def cmd_status(a: argparse.Namespace) -> None:
               f"{val if val is None else round(100 * val, 2)}   ({what})")
 
 
+def publish_one(name: str, out_dir: Path) -> str:
+    """Turn a finished run's best-validation model into pretrained weights + a model card in ``out_dir``."""
+    from shiftadd import __version__
+    from shiftadd.energy import count_ops
+    from shiftadd.energy.profile import evaluate as energy_of
+    from shiftadd.models.pretrained import ModelCard, save_pretrained
+    from shiftadd.train.runs import best_checkpoint_path, embedded_check, load_trained_model
+
+    run = RUNS / name
+    results_path = run / "results.json"
+    if not finished(run) or not results_path.is_file():
+        return "not finished (no results.json)"
+    best = json.loads(results_path.read_text())["best"]
+    model, config, _ = load_trained_model(best_checkpoint_path(str(run)))
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    logs = sorted((run / "logs").glob("*.log"))
+    command = logs[0].read_text().splitlines()[0] if logs else None
+    check, images = embedded_check(model, config)  # re-measurable without a download (model card "check")
+    energy = energy_of(count_ops(model, (1, *images.shape[1:])), "asic45nm", "fp32", training=False)
+    card = ModelCard(
+        name=f"{config.model}-{config.op}-{config.dataset}", model=config.model, op=config.op, num_classes=10,
+        dataset=config.dataset, sha256="", model_options=dict(config.model_options), recipe=config.recipe,
+        command=command, epochs=float(best["epoch"]), wall_time_s=round(sum(h.get("seconds", 0.0) for h in history), 1),
+        val_acc=best["val_acc"], test_acc=best["test_acc"], test_images=best["test_images"],
+        check={"dataset": "embedded", "images": check["n"], "acc": check["acc"]},
+        energy_uj_per_image=round(energy.total_pj / 1e6, 3), energy_setting="asic45nm fp32 inference",
+        date=time.strftime("%Y-%m-%d"),
+        notes=(f"best-validation epoch {best['epoch']} of {config.epochs} (validation: {config.val_split} held-out training images); "
+               f"test split evaluated once; shiftadd {__version__}; {JOBS[name][0]}"))
+    save_pretrained(model, str(out_dir), card, reference_input=images[:4], reference_desc="embedded test images 0-3")
+    return f"published {card.name}: test {100 * card.test_acc:.2f} %, embedded check {100 * check['acc']:.2f} %"
+
+
+def cmd_publish(a: argparse.Namespace) -> None:
+    out = Path(a.out)
+    for name in (a.only.split(",") if a.only else list(JOBS)):
+        print(f"{name}: {publish_one(name, out)}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -113,6 +152,10 @@ def main() -> None:
     r.add_argument("--only", default="")
     r.add_argument("--hours", type=float, default=1e6, help="stop cleanly after this much wall time")
     r.set_defaults(fn=cmd_run)
+    pub = sub.add_parser("publish", help="finished runs -> pretrained weights + model cards")
+    pub.add_argument("--only", default="")
+    pub.add_argument("--out", default=str(ROOT / "shiftadd" / "weights"))
+    pub.set_defaults(fn=cmd_publish)
     s = sub.add_parser("status", help="epochs done and last validation accuracy of each run")
     s.set_defaults(fn=cmd_status)
     a = p.parse_args()

@@ -90,3 +90,24 @@ def test_create_pretrained_loads_the_card_of_that_family(weights_dir):
         assert torch.equal(loaded(x), model.eval()(x))
     with pytest.raises(UserError, match="no pretrained weights for model 'mnist-mlp' with op 'adder'"):
         create("mnist-mlp", op="adder", pretrained=True)
+
+
+SHIPPED = [n for n in P.list_pretrained() if os.path.isfile(os.path.join(P.PACKAGE_WEIGHTS, f"{n}.json"))]
+
+
+@pytest.mark.parametrize("name", SHIPPED)  # empty (reported as skipped) until weights are shipped
+def test_shipped_weights_reproduce_their_card(name, monkeypatch):
+    """Every shipped model gives its recorded accuracy on the embedded CIFAR-10 test images."""
+    from shiftadd.train.config import TrainConfig
+    from shiftadd.train.runs import embedded_check
+
+    monkeypatch.delenv(P.ENV_VAR, raising=False)
+    card = P.load_card(name)
+    model = P.load_pretrained(name)
+    if card.check.get("dataset") != "embedded":
+        pytest.skip(f"{name}: its check is on {card.check.get('dataset')!r}, not the embedded images")
+    result, images = embedded_check(model, TrainConfig(model=card.model, op=card.op, dataset=card.dataset))
+    assert result["n"] == card.check["images"]
+    assert result["acc"] == pytest.approx(card.check["acc"], abs=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), torch.tensor(card.reference["logits"]), rtol=1e-3, atol=1e-3)

@@ -1,10 +1,12 @@
 """Using a saved run: its configuration, its model rebuilt from the checkpoint, test evaluation,
-the best-validation checkpoint, and post-training shared-scale quantization of its adder layers."""
+the best-validation checkpoint, the embedded-data check of a pretrained card, and post-training shared-scale quantization of its adder layers."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+import torch
 import torch.nn as nn
 
 from shiftadd.errors import CheckpointError, DataError, UserError
@@ -119,3 +121,17 @@ def shared_scale_sweep(run: str, bits: Sequence[int] = (16, 8, 6, 4), scale: str
         raise UserError(str(exc)) from None
     res["test_images"] = len(test_ds.labels)
     return res
+
+
+def embedded_check(model: nn.Module, config: TrainConfig, batch_size: int = 250) -> Tuple[Dict[str, Any], torch.Tensor]:
+    """Accuracy of a CIFAR-10 classifier on the 1,000 test images embedded in the package (no download),
+    through the trainer's own test pipeline, and the first four of those images as the model sees them.
+
+    Pretrained model cards record it (``check``) so that anyone can re-measure a shipped model."""
+    check_config = dataclasses.replace(config, dataset="embedded", data_dir=None, test_subset=None, val_split=None)
+    task = get_task("classification")
+    test = task.load(check_config).test
+    device = next(model.parameters()).device
+    result = task.evaluate(model, task.loader(test, check_config, batch_size, 0), device, D.DistInfo(), check_config)
+    images = next(iter(task.loader(test, check_config, 4, 0)))[0]
+    return result, images
