@@ -92,7 +92,26 @@ def cmd_run(a: argparse.Namespace) -> None:
             print(f"{name}: {result}", flush=True)
 
 
+def progress_table() -> str:
+    """The docs/results.md progress table (validation accuracy by epoch), from the runs' metrics."""
+    rows = ["| run | epochs done / planned | val acc by epoch (%) | best val | train time so far |",
+            "|---|---|---|---:|---:|"]
+    for name in JOBS:
+        m = state(RUNS / name)
+        if not m:
+            continue
+        hist = [json.loads(line) for line in (RUNS / name / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        vals = [100 * h["val_acc"] for h in hist if "val_acc" in h]
+        hours = sum(h.get("seconds", 0.0) for h in hist) / 3600
+        rows.append(f"| {name} | {m['epoch']} / {m['config']['epochs']} | {', '.join(f'{v:.1f}' for v in vals)} | "
+                    f"{max(vals):.2f} | {hours:.1f} h |")
+    return "\n".join(rows)
+
+
 def cmd_status(a: argparse.Namespace) -> None:
+    if a.markdown:
+        print(progress_table())
+        return
     for name, (what, args) in JOBS.items():
         m = state(RUNS / name)
         if not m:
@@ -157,6 +176,7 @@ def main() -> None:
     pub.add_argument("--out", default=str(ROOT / "shiftadd" / "weights"))
     pub.set_defaults(fn=cmd_publish)
     s = sub.add_parser("status", help="epochs done and last validation accuracy of each run")
+    s.add_argument("--markdown", action="store_true", help="the progress table of docs/results.md")
     s.set_defaults(fn=cmd_status)
     a = p.parse_args()
     a.fn(a)
