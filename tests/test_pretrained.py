@@ -92,6 +92,50 @@ def test_create_pretrained_loads_the_card_of_that_family(weights_dir):
         create("mnist-mlp", op="adder", pretrained=True)
 
 
+def _save_embedded_resnet8(weights_dir, name="tiny-r8"):
+    torch.manual_seed(0)
+    model = create("resnet8", op="adder", width=4)
+    card = P.ModelCard(name=name, model="resnet8", op="adder", num_classes=10, dataset="embedded", sha256="",
+                       model_options={"width": 4})
+    P.save_pretrained(model, str(weights_dir), card)
+    return model
+
+
+def test_eval_pretrained_and_list_from_the_cli(weights_dir):
+    import subprocess
+    import sys
+
+    model = _save_embedded_resnet8(weights_dir)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "shiftadd.cli", "eval", *a], capture_output=True,
+                                    text=True, env=env)
+    listed = run("--list-pretrained")
+    assert listed.returncode == 0 and "tiny-r8: resnet8 (adder) on embedded" in listed.stdout
+    proc = run("--pretrained", "tiny-r8", "--test-subset", "100", "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    from shiftadd.train.runs import evaluate_pretrained
+
+    assert res["n"] == 100 and res["acc"] == evaluate_pretrained("tiny-r8", test_subset=100)["acc"]
+    bad = run("--pretrained", "nope")
+    assert bad.returncode == 2 and "no pretrained weights named 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_init_from_pretrained_starts_from_the_checked_weights(weights_dir):
+    from shiftadd.train.compress import inherited_settings, start_state
+
+    model = _save_embedded_resnet8(weights_dir)
+    settings = inherited_settings("pretrained:tiny-r8")
+    assert settings == {"model": "resnet8", "op": "adder", "model_options": {"width": 4}, "dataset": "embedded"}
+    state, what = start_state("pretrained:tiny-r8")
+    assert "tiny-r8" in what
+    for k, v in model.state_dict().items():
+        assert torch.equal(state[k], v), k
+    (weights_dir / "tiny-r8.safetensors").write_bytes(b"corrupt")
+    with pytest.raises(CheckpointError):
+        start_state("pretrained:tiny-r8")
+
+
 SHIPPED = [n for n in P.list_pretrained() if os.path.isfile(os.path.join(P.PACKAGE_WEIGHTS, f"{n}.json"))]
 
 

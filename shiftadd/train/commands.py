@@ -132,7 +132,8 @@ def register(subparsers) -> None:
                    help="layer types to quantize, comma-separated (default adder,shift,conv,linear)")
     g.add_argument("--init-from", dest="init_from", default=S, metavar="RUN",
                    help="start from the weights (and pruning masks) of a run; its model, op, data, batch, "
-                        "optimizer type and quantization are the defaults (learning rate and epochs are not)")
+                        "optimizer type and quantization are the defaults (learning rate and epochs are not); "
+                        "pretrained:NAME starts from shipped weights (`shiftadd eval --list-pretrained`)")
     g.add_argument("--prune", type=float, default=S, metavar="RATIO",
                    help="prune this fraction of the weights before training (e.g. with --init-from: fine-tuning)")
     g.add_argument("--prune-method", dest="prune_method", default=S, help="magnitude (default) or random")
@@ -153,8 +154,14 @@ def register(subparsers) -> None:
                    help="no live progress bar (one line per epoch)")
     p.set_defaults(func=_cmd_train)
 
-    p = subparsers.add_parser("eval", help="evaluate a checkpoint on its test set")
-    p.add_argument("--checkpoint", required=True, help="run directory (or its checkpoint.json)")
+    p = subparsers.add_parser("eval", help="evaluate a checkpoint (or shipped pretrained weights) on its test set")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="run directory (or its checkpoint.json)")
+    what.add_argument("--pretrained", metavar="NAME", help="shipped pretrained weights (see --list-pretrained)")
+    what.add_argument("--list-pretrained", dest="list_pretrained", action="store_true",
+                      help="list the pretrained weights found (package and $SHIFTADD_WEIGHTS) with their cards")
+    p.add_argument("--dataset", default=None,
+                   help="--pretrained: evaluate on this data set instead of the card's (e.g. embedded: no download)")
     p.add_argument("--best", action="store_true",
                    help="evaluate the run's best-validation model (runs trained with --val-split)")
     p.add_argument("--data-dir", dest="data_dir", default=None, help="where the data set lives now")
@@ -320,6 +327,10 @@ def _cmd_eval(args) -> int:
         torch.set_num_threads(args.threads)
     if args.test_subset is not None and args.test_subset < 0:
         raise UserError(f"--test-subset must be >= 0, got {args.test_subset}")
+    if args.list_pretrained or args.pretrained:
+        return _eval_pretrained(args)
+    if args.dataset is not None:
+        raise UserError("--dataset applies to --pretrained only (a run evaluates on its own data set)")
     path = best_checkpoint_path(args.checkpoint) if args.best else args.checkpoint
     if _is_translation_run(path):
         return _eval_translation(args, path)
@@ -334,6 +345,33 @@ def _cmd_eval(args) -> int:
               f"({res['n']} images): accuracy {100 * res['acc']:.2f}%  loss {res['loss']:.4f}")
     return 0
 
+def _eval_pretrained(args) -> int:
+    from shiftadd.models.pretrained import list_pretrained, load_card
+    from shiftadd.train.runs import evaluate_pretrained
+
+    if args.list_pretrained:
+        cards = [load_card(n) for n in list_pretrained()]
+        if args.json:
+            print(json.dumps([c.to_json() for c in cards]))
+            return 0
+        if not cards:
+            print("no pretrained weights found (package weights/ folder and $SHIFTADD_WEIGHTS)")
+        for c in cards:
+            test = "-" if c.test_acc is None else f"{100 * c.test_acc:.2f}%"
+            print(f"{c.name}: {c.model} ({c.op}) on {c.dataset}, test accuracy {test}, {c.epochs or 0:g} epochs")
+        return 0
+    if args.best or args.split is not None or args.beam is not None:
+        raise UserError("--best, --split and --beam apply to --checkpoint runs only")
+    if args.test_subset is not None and args.test_subset < 0:
+        raise UserError(f"--test-subset must be >= 0, got {args.test_subset}")
+    res = evaluate_pretrained(args.pretrained, dataset=args.dataset, data_dir=args.data_dir, device=args.device,
+                              batch_size=args.batch_size, test_subset=args.test_subset)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{res['name']}: {res['model']} ({res['op']}) on {res['dataset']} test set ({res['n']} images): "
+              f"accuracy {100 * res['acc']:.2f}%  loss {res['loss']:.4f}")
+    return 0
 
 
 def _is_translation_run(path: str) -> bool:

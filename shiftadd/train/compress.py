@@ -15,7 +15,7 @@ parameters stay exactly zero.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -30,12 +30,42 @@ INHERITED = ("model", "op", "model_options", "dataset", "data_dir", "subset", "t
              "freeze")
 
 
+#: ``init_from`` of a fine-tuning run that starts from shipped pretrained weights: ``pretrained:NAME``.
+PRETRAINED_PREFIX = "pretrained:"
+
+
+def _pretrained_name(init_from: str) -> Optional[str]:
+    return init_from[len(PRETRAINED_PREFIX):] if init_from.startswith(PRETRAINED_PREFIX) else None
+
+
 def inherited_settings(run: str) -> Dict[str, Any]:
-    """The :data:`INHERITED` settings of the run saved in ``run`` (a fine-tuning run's defaults)."""
+    """The :data:`INHERITED` settings of the run saved in ``run`` (a fine-tuning run's defaults); for
+    ``pretrained:NAME``, the architecture, operator, options, dataset and recipe of its model card."""
+    name = _pretrained_name(run)
+    if name is not None:
+        from shiftadd.models.pretrained import load_card
+
+        card = load_card(name)
+        settings = {"model": card.model, "op": card.op, "model_options": dict(card.model_options),
+                    "dataset": card.dataset}
+        return {**settings, "recipe": card.recipe} if card.recipe else settings
     from shiftadd.train.checkpoint import load_checkpoint_meta
 
     saved = load_checkpoint_meta(run)["config"]
     return {k: saved[k] for k in INHERITED if k in saved}
+
+
+def start_state(init_from: str) -> Tuple[Dict[str, torch.Tensor], str]:
+    """``(state_dict, description)`` a fine-tuning run starts from: a run's checkpoint or, for
+    ``pretrained:NAME``, the SHA-256-checked shipped weights."""
+    name = _pretrained_name(init_from)
+    if name is not None:
+        from shiftadd.models.pretrained import load_state_dict
+
+        return dict(load_state_dict(name)[1]), f"the pretrained weights {name!r}"
+    from shiftadd.train.checkpoint import load_checkpoint
+
+    return dict(load_checkpoint(init_from).model_state), f"the run in {init_from}"
 
 
 def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:

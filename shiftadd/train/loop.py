@@ -26,7 +26,7 @@ from shiftadd.train.build import (
     build_model, build_optimizer, lr_factor, per_step_schedule, resolve_device, saved_model_build, seed_everything,
     step_lr_factor,
 )
-from shiftadd.train.compress import prepare_model
+from shiftadd.train.compress import prepare_model, start_state
 from shiftadd.train.config import TrainConfig, config_from_dict
 from shiftadd.train.evaluate import has_adder_layers, recalibrate_batchnorm
 from shiftadd.train.task import Task, TaskData, get_task
@@ -173,8 +173,8 @@ def _build(config: TrainConfig, dims: Dict[str, Any], saved: Optional[ckpt.Check
     if saved is not None:
         compression = prepare_model(model, config, saved.model_state, new_run=False)
     elif config.init_from:
-        start = ckpt.load_checkpoint(config.init_from)
-        compression = prepare_model(model, config, start.model_state, what=f"the run in {config.init_from}")
+        state, what = start_state(config.init_from)
+        compression = prepare_model(model, config, state, what=what)
     else:
         compression = prepare_model(model, config)
     return model, model_opts, compression

@@ -135,3 +135,22 @@ def embedded_check(model: nn.Module, config: TrainConfig, batch_size: int = 250)
     result = task.evaluate(model, task.loader(test, check_config, batch_size, 0), device, D.DistInfo(), check_config)
     images = next(iter(task.loader(test, check_config, 4, 0)))[0]
     return result, images
+
+
+def evaluate_pretrained(name: str, dataset: Optional[str] = None, data_dir: Optional[str] = None,
+                        device: str = "auto", batch_size: Optional[int] = None,
+                        test_subset: Optional[int] = None) -> Dict[str, Any]:
+    """Test metrics of shipped pretrained weights ``name`` on its card's data set (or ``dataset``)."""
+    from shiftadd.models.pretrained import load_card, load_pretrained
+
+    card = load_card(name)
+    config = TrainConfig(model=card.model, op=card.op, dataset=dataset or card.dataset, data_dir=data_dir,
+                         test_subset=test_subset or None)
+    dev = resolve_device(device)
+    task = get_task("classification")
+    splits = task.load(config)
+    model = load_pretrained(name).to(dev)
+    loader = task.loader(splits.test, config, batch_size or config.test_batch_size, config.seed)
+    res = task.evaluate(model, loader, dev, D.DistInfo(), config)
+    res.update({"name": name, "model": card.model, "op": card.op, "dataset": config.dataset})
+    return res
