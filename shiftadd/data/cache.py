@@ -25,6 +25,7 @@ from typing import Callable, Dict, Iterator, Optional, Sequence
 import numpy as np
 
 from shiftadd.errors import DataError
+from shiftadd.paths import umask_mode
 
 CACHE_ENV = "SHIFTADD_CACHE"
 CACHE_FORMAT = 1  # bump when the decoded layout changes
@@ -84,16 +85,10 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _share(path: Path, mode: int) -> None:
     """Give a file made by ``tempfile`` (private, 0600/0700) the usual permissions (``mode`` & ~umask)."""
     with contextlib.suppress(OSError):
-        os.chmod(path, mode & ~_umask())
+        os.chmod(path, umask_mode(mode))
 
 
 def _writable_cache(sub: str) -> Optional[Path]:

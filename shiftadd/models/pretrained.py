@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from shiftadd.errors import CheckpointError, UserError
+from shiftadd.paths import umask_mode
 from shiftadd.utils import sha256_file
 
 CARD_FORMAT = "shiftadd-model-card"
@@ -166,6 +167,7 @@ def save_pretrained(model: nn.Module, out_dir: str, card: ModelCard,
     tmp = tensor_path + ".tmp"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, tmp)
+    os.chmod(tmp, umask_mode())  # safetensors creates 0600; shipped weights must be readable by all
     os.replace(tmp, tensor_path)
     card.sha256 = sha256_file(tensor_path)
     if reference_input is not None:
