@@ -1,9 +1,10 @@
 """Building a run's parts: seeding, the device, the model, the optimizer and the learning-rate schedule."""
 from __future__ import annotations
 
+import contextlib
 import math
 import random
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, ContextManager, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -26,7 +27,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UserError(f"device {name!r} requested but CUDA is not available")
+            raise UserError(f"device {name!r} requested but CUDA is not available; use --device cpu "
+                            "(a run trained on a GPU continues on CPU with --resume OUT --device cpu)")
         if name == "cuda":
             name = f"cuda:{local_rank}"
         idx = int(name.split(":")[1])
@@ -38,6 +40,43 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device(name)
     except (RuntimeError, ValueError):
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+
+
+AMP_DTYPES: Dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_context(amp: str, device: torch.device) -> ContextManager:
+    """The context of a training step's forward and loss: ``torch.autocast(device.type, dtype)`` for
+    ``amp`` bf16/fp16 (adder layers still compute in float32 inside it), a no-op for ``off``."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+def check_amp(amp: str, device: torch.device) -> None:
+    """Raise UserError when this PyTorch cannot autocast to ``amp`` on ``device`` (one line, before any work)."""
+    if amp == "off":
+        return
+    available = getattr(torch.amp, "is_autocast_available", None)
+    if callable(available) and not available(device.type):
+        raise UserError(f"--amp {amp}: PyTorch {torch.__version__} has no autocast on device {device.type!r}; "
+                        "use --amp off")
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"--amp bf16: GPU {torch.cuda.get_device_name(device)} does not support bfloat16; "
+                        "use --amp fp16 or off")
+
+
+def make_grad_scaler(amp: str, device: torch.device) -> Optional["torch.amp.GradScaler"]:
+    """A ``torch.amp.GradScaler`` for fp16 (float16 gradients underflow without loss scaling), else None
+    (bfloat16 has float32's exponent range). UserError when this PyTorch has no scaler for the device."""
+    if amp != "fp16":
+        return None
+    try:
+        return torch.amp.GradScaler(device.type)
+    except (AttributeError, RuntimeError, TypeError, ValueError) as exc:
+        raise UserError(f"--amp fp16: PyTorch {torch.__version__} cannot scale float16 gradients on "
+                        f"{device.type} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                        "use --amp bf16 or off") from None
 
 
 def saved_model_build(meta: Dict[str, Any]) -> Dict[str, Any]:

@@ -219,11 +219,17 @@ def _target_device(map_location: Union[str, torch.device]) -> torch.device:
     return device
 
 
+#: device types safetensors loads onto directly
+_SAFETENSORS_DEVICES = ("cpu", "cuda")
+
+
 def load_checkpoint(path: str, map_location: Union[str, torch.device] = "cpu") -> Checkpoint:
     """Load and verify a checkpoint (directory or JSON file); raise CheckpointError if it is unusable.
 
     The tensors are stored without a device (saved from CPU copies), so a checkpoint written on any
-    device loads onto ``map_location`` (a device or its name; "cpu" by default).
+    device loads onto ``map_location`` (a device or its name; "cpu" by default): safetensors reads
+    them straight onto a CPU or CUDA device; other devices (``meta``, ``mps``) get CPU tensors moved
+    there. The optimizer state is loaded onto the same device.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -238,10 +244,10 @@ def load_checkpoint(path: str, map_location: Union[str, torch.device] = "cpu") -
     if meta.get("sha256") and sha256_file(tensor_path) != meta["sha256"]:
         raise CheckpointError(f"checkpoint tensors are corrupt (checksum mismatch): {tensor_path}")
     try:
-        tensors = load_file(tensor_path, device="cpu")
+        tensors = load_file(tensor_path, device=str(device) if device.type in _SAFETENSORS_DEVICES else "cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"cannot read checkpoint tensors {tensor_path}: {exc}") from None
-    if device.type != "cpu":
+    if device.type not in _SAFETENSORS_DEVICES:
         tensors = {k: v.to(device) for k, v in tensors.items()}
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     opt_state = None

@@ -15,7 +15,8 @@ _DIRECT = ("model", "op", "dataset", "data_dir", "subset", "test_subset", "val_s
            "momentum", "weight_decay", "optimizer", "schedule", "seed", "device", "workers", "threads",
            "label_smoothing", "grad_clip", "max_loss", "warmup_epochs", "shift_lr", "gamma", "bn_recalibration",
            "quant", "quant_types", "init_from", "prune", "prune_method", "prune_scope", "prune_types", "freeze",
-           "task", "src_lang", "tgt_lang", "vocab_size", "max_tokens", "warmup_steps", "beam", "length_penalty")
+           "task", "src_lang", "tgt_lang", "vocab_size", "max_tokens", "warmup_steps", "beam", "length_penalty",
+           "amp")
 
 
 def _model_option(text: str):
@@ -145,6 +146,9 @@ def register(subparsers) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=S)
     g.add_argument("--device", default=S, help="auto (default), cpu, cuda or cuda:N")
+    g.add_argument("--amp", default=S, metavar="MODE",
+                   help="mixed precision: off (default), bf16 or fp16 (autocast forward and loss; fp16 with a "
+                        "gradient scaler); adder layers compute in float32 either way. Cannot change on --resume")
     g.add_argument("--workers", type=int, default=S, help="background threads preparing batches (default 0)")
     g.add_argument("--threads", type=_positive_int, default=S, help="torch CPU threads")
     g.add_argument("--out", default=S, help="run directory (default runs/<model>-<op>-<dataset>)")

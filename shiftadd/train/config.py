@@ -16,6 +16,8 @@ from shiftadd.errors import CheckpointError, UserError
 
 OPTIMIZERS = ("sgd", "adam", "radam")
 SCHEDULES = ("cosine", "step", "constant", "inverse_sqrt")
+#: Mixed-precision modes of the trainer: off (float32), bf16 or fp16 autocast (fp16 with a gradient scaler).
+AMP_MODES = ("off", "bf16", "fp16")
 
 
 @dataclass
@@ -78,6 +80,8 @@ class TrainConfig:
     # run
     seed: int = 0
     device: str = "auto"
+    amp: str = "off"  # mixed precision: off | bf16 | fp16 (forward and loss under torch.autocast; fp16 also
+    # scales the loss with torch.amp.GradScaler). Adder layers compute in float32 either way.
     workers: int = 0  # background threads preparing batches (0: in the training thread)
     threads: Optional[int] = None  # torch.set_num_threads
     tensorboard: bool = False
@@ -137,6 +141,11 @@ class TrainConfig:
             raise UserError(f"workers must be >= 0, got {self.workers}")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"threads must be >= 1, got {self.threads}")
+        if self.amp not in AMP_MODES:
+            raise UserError(f"unknown amp {self.amp!r}; choose one of: {', '.join(AMP_MODES)}")
+        if self.amp != "off" and self.quant is not None:
+            raise UserError(f"amp {self.amp} cannot be combined with fixed-point training (quant {self.quant}): "
+                            "it simulates its own number format in float32; use --amp off")
         self._validate_compression()
         self._validate_translation()
         if not isinstance(self.model_options, dict):

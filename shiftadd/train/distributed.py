@@ -35,8 +35,27 @@ class DistInfo:
         return self.rank == 0
 
 
+#: The process-group backend of CUDA training: NCCL for CUDA tensors (DDP's gradient all-reduce, SyncBatchNorm),
+#: gloo for the few CPU tensors the loop reduces (per-step statistics, evaluation sums, RNG states).
+CUDA_BACKEND = "cpu:gloo,cuda:nccl"
+
+
+def choose_backend(device_type: str) -> str:
+    """The ``torch.distributed`` backend for training on ``device_type``: NCCL (with gloo for CPU tensors)
+    on CUDA, gloo elsewhere. Raise UserError when CUDA training is asked for but this PyTorch has no NCCL."""
+    from shiftadd.errors import UserError
+
+    if device_type != "cuda":
+        return "gloo"
+    if not dist.is_nccl_available():
+        raise UserError("data-parallel training on CUDA needs NCCL, which this PyTorch build lacks; "
+                        "install a CUDA build of PyTorch or train with --device cpu (gloo)")
+    return CUDA_BACKEND
+
+
 def setup(device_type: str) -> DistInfo:
-    """Join the process group described by torchrun's environment (gloo on CPU, NCCL on GPU)."""
+    """Join the process group described by torchrun's environment (:func:`choose_backend`: gloo on CPU,
+    NCCL on GPU)."""
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), False)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -44,8 +63,7 @@ def setup(device_type: str) -> DistInfo:
         return DistInfo()
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but torch.distributed is not available in this PyTorch build")
-    backend = "nccl" if device_type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=choose_backend(device_type))
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), True)
 
 

@@ -23,8 +23,8 @@ from shiftadd.paths import check_output_dir
 from shiftadd.train import checkpoint as ckpt
 from shiftadd.train import distributed as D
 from shiftadd.train.build import (
-    build_model, build_optimizer, lr_factor, per_step_schedule, resolve_device, saved_model_build, seed_everything,
-    step_lr_factor,
+    amp_context, build_model, build_optimizer, check_amp, lr_factor, make_grad_scaler, per_step_schedule,
+    resolve_device, saved_model_build, seed_everything, step_lr_factor,
 )
 from shiftadd.train.compress import prepare_model, start_state
 from shiftadd.train.config import TrainConfig, config_from_dict
@@ -187,7 +187,8 @@ def _announce(say, config: TrainConfig, task: Task, data: TaskData, params: int,
     say(f"training {config.model} ({config.op}) on {config.dataset}: {' / '.join(sizes + [f'{len(data.test)} test'])} "
         f"{task.unit}, {params:,} parameters, recipe {config.recipe}, {config.epochs} epochs, "
         + (task.describe_batch(config) if hasattr(task, "describe_batch") else f"batch {config.batch_size}")
-        + (f", {info.world_size} processes" if info.enabled else "") + f", device {device}")
+        + (f", {info.world_size} processes" if info.enabled else "") + f", device {device}"
+        + (f", mixed precision {config.amp} (adder layers in float32)" if config.amp != "off" else ""))
     if config.init_from:
         say(f"starting from the weights of {config.init_from}")
     if compression["pruned"] is not None:
@@ -214,6 +215,7 @@ def _train(config: TrainConfig, task: Task, out: Optional[str], saved: Optional[
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+    check_amp(config.amp, device)
     main = info.is_main
     say = log if main else (lambda *_: None)
 
@@ -228,6 +230,7 @@ def _train(config: TrainConfig, task: Task, out: Optional[str], saved: Optional[
     model.to(device)
     params = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(config, model)
+    scaler = make_grad_scaler(config.amp, device)  # fp16 only: loss scaling against gradient underflow
     writer = RunWriter(out, config.tensorboard, main)  # the run is valid: only now create its folder
 
     if device.type == "cuda":  # batches are then cut, augmented and normalised on the GPU
@@ -255,6 +258,8 @@ def _train(config: TrainConfig, task: Task, out: Optional[str], saved: Optional[
                 optimizer.load_state_dict(saved.optimizer_state)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"checkpoint does not match the model: {str(exc).splitlines()[0]}") from None
+        if scaler is not None and saved.meta.get("grad_scaler"):
+            scaler.load_state_dict(saved.meta["grad_scaler"])
         history = list(saved.meta.get("history", []))
         start_epoch = saved.epoch
         writer.rewrite(history)  # drop metrics of an epoch that was interrupted after its line was written
@@ -332,18 +337,23 @@ def _train(config: TrainConfig, task: Task, out: Optional[str], saved: Optional[
             if info.enabled:
                 x = torch.tensor_split(x, info.world_size)[info.rank]
                 y = torch.tensor_split(y, info.world_size)[info.rank]
-            loss_sum, step_stats = task.loss(model, x, y, config)
-            # DDP averages gradients over processes: scale so the result is the global-batch mean.
-            loss = loss_sum * (info.world_size / n_global)
-            regularizer = getattr(raw_model, "regularization_loss", None)
-            if callable(regularizer):  # e.g. the sparse-shift L1 penalty (Chen et al., CVPR 2019)
-                loss = loss + regularizer()
+            with amp_context(config.amp, device):  # forward and loss; adder layers run in float32 inside
+                loss_sum, step_stats = task.loss(model, x, y, config)
+                # DDP averages gradients over processes: scale so the result is the global-batch mean.
+                loss = loss_sum * (info.world_size / n_global)
+                regularizer = getattr(raw_model, "regularization_loss", None)
+                if callable(regularizer):  # e.g. the sparse-shift L1 penalty (Chen et al., CVPR 2019)
+                    loss = loss + regularizer()
             if per_step:  # e.g. inverse-sqrt warm-up: the step's rate from the global step number
                 factor = step_lr_factor(config, epoch * steps_per_epoch + step)
                 for g in optimizer.param_groups:
                     g["lr"] = g["base_lr"] * factor
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)  # the adaptive LR and the clip below see the true gradient
+            else:
+                loss.backward()
             if eta:
                 scale_adder_gradients(raw_model, eta)  # AdderNet Eq. 8, on the all-reduced gradient
             if config.grad_clip:
@@ -355,7 +365,11 @@ def _train(config: TrainConfig, task: Task, out: Optional[str], saved: Optional[
                     bar.close()
                 raise _diverged(f"training diverged at epoch {epoch + 1}, step {step + 1}: loss = {batch_loss:.4g}",
                                 history, out, ". Try a lower --lr or a gradient clip (grad_clip).")
-            optimizer.step()
+            if scaler is not None:
+                scaler.step(optimizer)  # skipped when a gradient overflowed; the scale then shrinks
+                scaler.update()
+            else:
+                optimizer.step()
             if masked:
                 apply_masks(raw_model)  # pruned weights stay exactly zero
             stats += step_stats
@@ -401,7 +415,8 @@ def _train(config: TrainConfig, task: Task, out: Optional[str], saved: Optional[
                                         "num_classes": dims.get("num_classes"),
                                         "options": model_opts},
                         "dataset": task.data_meta(config, splits),
-                        "params": params, "world_size": info.world_size,
+                        "params": params, "world_size": info.world_size, "device": device.type,
+                        "grad_scaler": scaler.state_dict() if scaler is not None else None,
                         "versions": {"torch": torch.__version__}}
                 writer.checkpoint(raw_model, optimizer, meta, rng, best=improved)
             D.barrier(info)
