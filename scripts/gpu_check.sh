@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The GPU check of issue 18 in one short run (< 8 min on an H200): Triton/CUDA tests, adder conv vs
-# cuDNN on ResNet-20 and VGG-small shapes (batch 128), ResNet-20 training throughput
-# (conv / adder / shift-ps / shiftadd). Results: $OUT/gpu_check.{json,md}, $OUT/tests.log, $OUT/gpu_check.log.
+# cuDNN on ResNet-20 and VGG-small shapes (batch 128), ResNet-20 trained by shiftadd.train with amp off
+# and bf16, and training-step throughput (conv / adder / shift-ps / shiftadd). Stages stop starting after
+# --budget-s (default 420 s). Results: $OUT/gpu_check.{json,md}, $OUT/tests.log, $OUT/gpu_check.log.
 #
-#   scripts/gpu_check.sh            # on the GPU machine (OUT is set there)
-#   scripts/gpu_check.sh --tiny     # CPU dry run: interpreter tests, tiny benchmarks
+#   scripts/gpu_check.sh                 # on the GPU machine (OUT is set there)
+#   scripts/gpu_check.sh --cpu-dry-run   # CPU dry run: interpreter tests, tiny benchmarks and trainer runs
 #
-# Extra arguments go to scripts/gpu_check.py (--batch, --repeats, --steps, --skip-tests, --out).
+# Extra arguments go to scripts/gpu_check.py (--batch, --repeats, --steps, --train-epochs, --budget-s,
+# --skip-tests, --out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"

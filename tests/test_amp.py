@@ -10,7 +10,10 @@ import torch.nn as nn
 import shiftadd.ops.adder as adder_ops
 from shiftadd.cli import main
 from shiftadd.errors import UserError
-from shiftadd.nn import ADDER_TYPES
+from shiftadd.nn import (
+    ADDER_TYPES, ActiveShift2d, AdderConv2d, AdderLinear, ShiftAddConv2d, ShiftAddLinear, ShiftConv2d, ShiftLinear,
+    SparseShift2d, SpatialShift2d,
+)
 from shiftadd.train import build as B
 from shiftadd.train import distributed as D
 from shiftadd.train import load_checkpoint, make_config, train
@@ -86,6 +89,37 @@ def test_amp_pytorch_cannot_do_is_refused_in_one_line(monkeypatch):
 
 
 # --------------------------------------------------------------------------- training under autocast
+# What docs/training.md ("Mixed precision") states: the output dtype of each layer under autocast.
+F32, AUTO, SAME = "float32", "autocast dtype", "input dtype"
+DOCUMENTED_DTYPES = [
+    ("AdderConv2d", lambda: AdderConv2d(4, 6, 3, padding=1), F32),
+    ("AdderLinear", lambda: AdderLinear(8, 3), F32),
+    ("ShiftAddConv2d", lambda: ShiftAddConv2d(4, 6, 3, padding=1), F32),
+    ("ShiftAddLinear", lambda: ShiftAddLinear(8, 3), F32),
+    ("ShiftConv2d ps", lambda: ShiftConv2d(4, 6, 3, padding=1, mode="ps"), AUTO),
+    ("ShiftConv2d q", lambda: ShiftConv2d(4, 6, 3, padding=1, mode="q"), AUTO),
+    ("ShiftLinear", lambda: ShiftLinear(8, 3), AUTO),
+    ("Conv2d", lambda: nn.Conv2d(4, 6, 3), AUTO),
+    ("SpatialShift2d", lambda: SpatialShift2d(4), SAME),
+    ("ActiveShift2d", lambda: ActiveShift2d(4), SAME),
+    ("SparseShift2d", lambda: SparseShift2d(4), SAME),
+    ("BatchNorm2d", lambda: nn.BatchNorm2d(4), SAME),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name,make,rule", DOCUMENTED_DTYPES, ids=[d[0] for d in DOCUMENTED_DTYPES])
+def test_layer_output_dtypes_under_autocast_are_the_documented_ones(name, make, rule, dtype):
+    torch.manual_seed(0)
+    layer = make()
+    for in_dtype in (torch.float32, dtype):
+        x = torch.randn(2, 8) if "Linear" in name else torch.randn(2, 4, 8, 8)
+        with torch.autocast("cpu", dtype=dtype):
+            y = layer(x.to(in_dtype))
+        want = {F32: torch.float32, AUTO: dtype, SAME: in_dtype}[rule]
+        assert y.dtype == want, (name, in_dtype)
+
+
 def test_bf16_training_on_cpu_keeps_adder_layers_in_float32(tiny_data, monkeypatch):
     seen = {"kernel": set(), "adder_out": set(), "conv_out": set()}
     original = adder_ops.select_backend
