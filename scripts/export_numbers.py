@@ -3,10 +3,13 @@
 For each family: Cortex-M3 flash and RAM (arm-none-eabi-size, -fstack-usage), multiplications per
 inference in the generated code, host single-thread images/s of the C build beside PyTorch float32,
 bit-exactness of the host C and of the QEMU Cortex-M3 build against the integer reference, and the
-float / integer / C accuracy on the embedded CIFAR-10 test images. Without ``--checkpoint-dir``
-the models are untrained (BatchNorm statistics from training images), so accuracies are chance.
+float / integer / C accuracy. With ``--run OP=RUN`` (repeatable) the trained run's model is exported and
+checked on the first ``--images`` images of its full test split (all 10,000 by default); without it the
+models are untrained (BatchNorm statistics from training images, embedded CIFAR-10 images), so
+accuracies are chance.
 
     OMP_NUM_THREADS=1 python scripts/export_numbers.py --images 200 --qemu-images 3
+    OMP_NUM_THREADS=1 python scripts/export_numbers.py --run conv=results/runs/r20-conv --qemu-images 20
 """
 from __future__ import annotations
 
@@ -62,7 +65,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--ops", default="conv,adder,shift-ps,shiftadd")
-    ap.add_argument("--images", type=int, default=200, help="embedded test images for the host check")
+    ap.add_argument("--run", action="append", default=[], metavar="OP=RUN",
+                    help="export this trained run for operator OP (repeatable; replaces --ops)")
+    ap.add_argument("--data-dir", default=None, help="where the runs' data set lives now")
+    ap.add_argument("--images", type=int, default=None,
+                    help="test images for the host check (default: 200 embedded, or the runs' whole test split)")
     ap.add_argument("--qemu-images", type=int, default=3)
     ap.add_argument("--calib", type=int, default=256)
     ap.add_argument("--train-steps", type=int, default=0,
@@ -72,18 +79,32 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    train, test = load_dataset("embedded")
-    calib = next(iter(BatchLoader(train, args.calib, shuffle=False)))[0]
-    images, labels = next(iter(BatchLoader(test.balanced_subset(args.images), args.images, shuffle=False)))
+    runs = dict(item.split("=", 1) for item in args.run)
+    ops = list(runs) or [o.strip() for o in args.ops.split(",") if o.strip()]
     rows = []
-    for op in [o.strip() for o in args.ops.split(",") if o.strip()]:
+    for op in ops:
         torch.manual_seed(0)
-        model = create(args.model, op=op, width=args.width)
         t0 = time.perf_counter()
-        if args.train_steps:
-            train_briefly(model, train, args.train_steps)
+        if op in runs:
+            from shiftadd.train.runs import checkpoint_config, load_trained_model
+            from shiftadd.train.task import load_data
+
+            train, test = load_data(checkpoint_config(runs[op], args.data_dir))
+            model = load_trained_model(runs[op], "cpu", (train, test))[0].eval()
+            n = min(args.images or len(test), len(test))
+            images, labels = next(iter(BatchLoader(test.subset(torch.arange(n)), n, shuffle=False, augment=False)))
+        else:
+            train, test = load_dataset("embedded")
+            n = args.images or 200
+            images, labels = next(iter(BatchLoader(test.balanced_subset(n), n, shuffle=False)))
+            model = create(args.model, op=op, width=args.width)
+            if args.train_steps:
+                train_briefly(model, train, args.train_steps)
         train_s = time.perf_counter() - t0
-        model = recalibrate_bn(model, calib) if not args.train_steps else model.eval()
+        calib = next(iter(BatchLoader(train, args.calib, shuffle=False, augment=False)))[0]
+        if op not in runs and not args.train_steps:
+            model = recalibrate_bn(model, calib)
+        model.eval()
         t0 = time.perf_counter()
         net = build_integer_network(model, calib)
         build_s = time.perf_counter() - t0
@@ -100,10 +121,8 @@ def main() -> None:
         kernels_ips = None
         if op != "conv":  # the library's int8 adder / shift kernels (PyTorch modules, float in and out)
             import copy
-            try:
-                from shiftadd.export.integer import to_integer  # where the integer modules move to
-            except ImportError:
-                from shiftadd.kernels.integer import to_integer
+            from shiftadd.export import to_integer
+
             int_model = to_integer(copy.deepcopy(model)).eval()
             with torch.no_grad():
                 int_model(images[:2])
@@ -111,7 +130,7 @@ def main() -> None:
                 for b in images.split(50):
                     int_model(b)
                 kernels_ips = round(len(images) / (time.perf_counter() - t0), 1)
-        row = {"op": op, "model": args.model, "train_steps": args.train_steps, "train_s": round(train_s, 1),
+        row = {"op": op, "model": args.model, "run": runs.get(op), "train_steps": args.train_steps, "train_s": round(train_s, 1),
                "ops": len(net.ops), "build_s": round(build_s, 2),
                "host_bit_exact": bool(torch.equal(host["logits"], ref)), "images": len(q),
                "c_images_per_s": round(len(q) / host["seconds"], 1),

@@ -242,6 +242,19 @@ def test_no_multiplication_in_adder_and_shift_functions_host_disassembly(op, tmp
     assert net.multiplications()["adder"] == net.multiplications()["shift"] == 0
 
 
+def test_large_batches_run_in_chunks_with_the_same_logits():
+    """Verifying 10,000 images must not hold every int64 activation at once (it needed > 20 GB)."""
+    from shiftadd.models import create
+
+    torch.manual_seed(0)
+    x = torch.randn(12, 3, 32, 32)
+    net = build_integer_network(_recalibrate_bn(create("resnet8", op="adder", width=4), x), x)
+    q = net.quantize_input(x)
+    whole = net.run(q)
+    net.chunk_size = 5  # 12 images -> chunks of 5, 5, 2
+    assert torch.equal(net(q), whole)
+
+
 def test_arena_plan_never_overlaps_live_tensors():
     from shiftadd.models import create
 

@@ -146,8 +146,15 @@ class IntegerNetwork:
         out = env[self.output_name].reshape(q_input.shape[0], -1)
         return (out, env) if keep else out
 
+    #: images per chunk of :meth:`__call__`: the int64 reference holds every activation of a chunk
+    #: (a ResNet-20 needs ~2 MB per image), so large batches are run in pieces
+    chunk_size = 256
+
     def __call__(self, q_input: torch.Tensor) -> torch.Tensor:
-        return self.run(q_input)
+        """int64 logits of int8 inputs, computed ``chunk_size`` images at a time (bounded memory)."""
+        if len(q_input) <= self.chunk_size:
+            return self.run(q_input)
+        return torch.cat([self.run(part) for part in q_input.split(self.chunk_size)])
 
     def predict_float(self, x: torch.Tensor) -> torch.Tensor:
         """Float logits (logit codes * 2^-frac) of a float input batch."""
