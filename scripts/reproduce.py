@@ -37,7 +37,7 @@ MNIST = ["--dataset", "mnist", "--data-dir", str(DATA / "mnist10k.npz"), "--val-
 JOBS: Dict[str, Tuple[str, List[str]]] = {
     "r20-conv": ("ResNet-20 conv, paper 91.79 %", CIFAR + ["--model", "resnet20", "--op", "conv", "--epochs", "40"]),
     "r20-shift-ps": ("ResNet-20 DeepShift-PS, paper 88.84 %",
-                     CIFAR + ["--model", "resnet20", "--op", "shift-ps", "--epochs", "40"]),
+                     CIFAR + ["--model", "resnet20", "--op", "shift-ps", "--epochs", "40", "--shift-lr", "30"]),
     "r20-shiftadd": ("ResNet-20 ShiftAddNet, paper 89.32 %",
                      CIFAR + ["--model", "resnet20", "--op", "shiftadd", "--epochs", "40"]),
     "r20-adder": ("ResNet-20 AdderNet, paper 92.02 %", CIFAR + ["--model", "resnet20", "--op", "adder", "--epochs", "100"]),
@@ -130,7 +130,8 @@ def publish_one(name: str, out_dir: Path) -> str:
     from shiftadd.energy import count_ops
     from shiftadd.energy.profile import evaluate as energy_of
     from shiftadd.models.pretrained import ModelCard, save_pretrained
-    from shiftadd.train.runs import best_checkpoint_path, embedded_check, load_trained_model
+    from shiftadd.nn.families import get_family
+    from shiftadd.train.runs import best_checkpoint_path, embedded_check, load_trained_model, shared_scale_sweep
 
     run = RUNS / name
     results_path = run / "results.json"
@@ -143,6 +144,9 @@ def publish_one(name: str, out_dir: Path) -> str:
     command = logs[0].read_text().splitlines()[0] if logs else None
     check, images = embedded_check(model, config)  # re-measurable without a download (model card "check")
     energy = energy_of(count_ops(model, (1, *images.shape[1:])), "asic45nm", "fp32", training=False)
+    int8 = None  # the AdderNet hardware paper's shared-scale 8-bit adder layers, on the whole test split
+    if get_family(config.op).has_adder:
+        int8 = shared_scale_sweep(best_checkpoint_path(str(run)), bits=(8,))["int8"]
     card = ModelCard(
         name=f"{config.model}-{config.op}-{config.dataset}", model=config.model, op=config.op, num_classes=10,
         dataset=config.dataset, sha256="", model_options=dict(config.model_options), recipe=config.recipe,
@@ -150,6 +154,7 @@ def publish_one(name: str, out_dir: Path) -> str:
         val_acc=best["val_acc"], test_acc=best["test_acc"], test_images=best["test_images"],
         check={"dataset": "embedded", "images": check["n"], "acc": check["acc"]},
         energy_uj_per_image=round(energy.total_pj / 1e6, 3), energy_setting="asic45nm fp32 inference",
+        int8_test_acc=int8,
         date=time.strftime("%Y-%m-%d"),
         notes=(f"best-validation epoch {best['epoch']} of {config.epochs} (validation: {config.val_split} held-out training images); "
                f"test split evaluated once; shiftadd {__version__}; {JOBS[name][0]}"))
