@@ -1,4 +1,11 @@
-"""Architecture search over a :class:`~shiftadd.nas.space.SearchSpace`.
+"""Architecture search over a search space: the CNN :class:`~shiftadd.nas.space.SearchSpace` or the
+:class:`~shiftadd.nas.transformer_space.TransformerSearchSpace` (one engine, two spaces).
+
+A space provides ``sample``, ``mutate``, ``crossover`` (numpy Generator), ``from_key`` (the state
+stores architecture keys), ``suggest`` (Optuna) and ``as_dict``; an energy lookup provides
+``energy_uj``, ``params``, ``extreme``, ``min_params``, ``check_budget`` and ``settings``
+(:class:`~shiftadd.nas.energy_table.EnergyLookup`,
+:class:`~shiftadd.nas.transformer_energy.TransformerEnergyLookup`).
 
 * :func:`evolutionary_search`: the evolutionary search of SPOS / ShiftAddNAS (population 50, the
   top 10 kept as parents, 25 mutations with probability 0.2 and 25 crossovers per generation, 20
@@ -21,10 +28,10 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from shiftadd.errors import UserError
-from shiftadd.nas.arch import Architecture
-from shiftadd.nas.energy_table import EnergyLookup
-from shiftadd.nas.space import SearchSpace
 
+Architecture = Any  # an Architecture or a TransformerArchitecture (anything with .key())
+SearchSpace = Any   # a SearchSpace or a TransformerSearchSpace
+EnergyLookup = Any  # an EnergyLookup or a TransformerEnergyLookup
 Score = Callable[[Architecture], float]
 
 
@@ -83,6 +90,7 @@ def _draw(make: Callable[[], Architecture], want: int, ok: Callable[[Architectur
 
 
 def _row(arch: Architecture, score: float, lookup: EnergyLookup) -> Dict[str, Any]:
+    """One result row: the architecture's key, its score, energy (uJ) and parameters."""
     return {"arch": arch.key(), "score": score, "energy_uj": lookup.energy_uj(arch), "params": lookup.params(arch)}
 
 
@@ -125,20 +133,20 @@ def evolutionary_search(space: SearchSpace, score: Score, lookup: EnergyLookup, 
     ran = 0
     while state["generation"] < cfg.generations:
         g = state["generation"]
-        population = [Architecture.from_key(k) for k in state["population"]]
+        population = [space.from_key(k) for k in state["population"]]
         for a in population:
             if a.key() not in scores:
                 scores[a.key()] = float(score(a))
         ranked = sorted(set(state["parents"]) | set(state["population"]), key=lambda k: (-scores[k], k))
         state["parents"] = ranked[:cfg.parents]
         best = state["parents"][0]
-        state["history"].append({"generation": g + 1, "best": _row(Architecture.from_key(best), scores[best], lookup),
+        state["history"].append({"generation": g + 1, "best": _row(space.from_key(best), scores[best], lookup),
                                  "population_mean_score": float(np.mean([scores[k] for k in state["population"]])),
                                  "evaluated": len(scores)})
         log(f"generation {g + 1}/{cfg.generations}: best score {scores[best]:.4f} "
-            f"({lookup.energy_uj(Architecture.from_key(best)):.4g} uJ), {len(scores)} architectures scored")
+            f"({lookup.energy_uj(space.from_key(best)):.4g} uJ), {len(scores)} architectures scored")
         if g + 1 < cfg.generations:
-            parents = [Architecture.from_key(k) for k in state["parents"]]
+            parents = [space.from_key(k) for k in state["parents"]]
             seen = set(scores) | set(state["population"])
 
             def mutant() -> Architecture:
@@ -161,8 +169,8 @@ def evolutionary_search(space: SearchSpace, score: Score, lookup: EnergyLookup, 
             break
     if state["done"]:
         best = state["parents"][0]
-        state["best"] = _row(Architecture.from_key(best), scores[best], lookup)
-        state["top"] = [_row(Architecture.from_key(k), scores[k], lookup) for k in state["parents"]]
+        state["best"] = _row(space.from_key(best), scores[best], lookup)
+        state["top"] = [_row(space.from_key(k), scores[k], lookup) for k in state["parents"]]
         if state_path:
             _write_json(state_path, state)
     return state
@@ -216,12 +224,7 @@ def pareto_search(space: SearchSpace, score: Score, lookup: EnergyLookup, trials
                                 directions=["maximize", "minimize"], load_if_exists=True)
 
     def objective(trial) -> tuple:
-        from shiftadd.nas.arch import BlockChoice
-
-        blocks = tuple(BlockChoice(trial.suggest_categorical(f"b{i}_op", list(space.ops)),
-                                   float(trial.suggest_categorical(f"b{i}_width", list(space.widths))))
-                       for i in range(space.num_blocks))
-        arch = Architecture(blocks)
+        arch = space.suggest(trial)
         energy = lookup.energy_uj(arch)
         trial.set_user_attr("energy_uj", energy)
         trial.set_user_attr("arch", arch.key())
@@ -236,7 +239,7 @@ def pareto_search(space: SearchSpace, score: Score, lookup: EnergyLookup, trials
     for t in study.best_trials:
         feasible = energy_budget_uj is None or t.user_attrs["energy_uj"] <= energy_budget_uj
         if feasible:
-            arch = Architecture.from_key(t.user_attrs["arch"])
+            arch = space.from_key(t.user_attrs["arch"])
             front.append(_row(arch, t.values[0], lookup))
     front.sort(key=lambda r: r["energy_uj"])
     return {"study": study_name, "trials": len(study.trials), "pareto_front": front}
