@@ -93,7 +93,7 @@ class TransformerConfig:
                 raise ValueError(f"TransformerConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
         for h in (self.heads,) + (self.encoder_heads or ()) + (self.decoder_heads or ()):
             if int(h) < 1 or self.embed_dim % h:
-                raise ValueError(f"heads={h} must be a positive divisor of embed_dim={self.embed_dim}")
+                raise ValueError(f"heads={h} must be positive and divide embed_dim={self.embed_dim}")
         if any(int(f) < 1 for f in (self.encoder_ffn_dims or ()) + (self.decoder_ffn_dims or ())):
             raise ValueError("TransformerConfig ffn dims must be positive integers")
         for side in ("encoder_blocks", "decoder_blocks"):
