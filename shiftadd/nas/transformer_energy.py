@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from shiftadd.nas.transformer_space import SIDES, LayerChoice, TransformerArchitecture, TransformerSearchSpace
+from shiftadd.nas.transformer_space import LayerChoice, TransformerArchitecture, TransformerSearchSpace
 
 PJ_PER_UJ = 1e6
 
