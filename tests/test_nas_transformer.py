@@ -273,6 +273,48 @@ def test_pareto_search_over_the_transformer_space(supernet):
         SMALL.validate(SMALL.from_key(r["arch"]))
 
 
+# --------------------------------------------------------------------------- latency
+def test_latency_predictor_recovers_a_linear_latency_and_round_trips(tmp_path):
+    from shiftadd.nas.latency import LatencyPredictor, features, fit_latency_predictor
+
+    true = np.random.default_rng(0).uniform(0.5, 2.0, len(features(SMALL.sample(np.random.default_rng(0)), SMALL)))
+
+    def fake(arch, vocab, tokens, repeats):  # an exactly linear "measurement"
+        return float(features(arch, SMALL) @ true)
+
+    pred = fit_latency_predictor(SMALL, V, samples=60, measure=fake, ridge=1e-9, log=lambda *_: None)
+    assert pred.report["held_out"]["n"] == 15 and pred.report["held_out"]["mape"] < 1e-3
+    for i in range(5):
+        a = SMALL.sample(np.random.default_rng(50 + i))
+        assert pred(a) == pytest.approx(fake(a, V, 30, 1), rel=1e-3)
+    pred.save(str(tmp_path / "lat.json"))
+    again = LatencyPredictor.load(str(tmp_path / "lat.json"), SMALL)
+    assert again(a) == pytest.approx(pred(a), rel=1e-12) and again.report["held_out"] == pred.report["held_out"]
+    with pytest.raises(UserError, match="another search space"):
+        LatencyPredictor.load(str(tmp_path / "lat.json"), SPACE)
+    with pytest.raises(UserError, match=">= 4"):
+        fit_latency_predictor(SMALL, V, samples=2, measure=fake)
+
+
+def test_measured_latency_grows_with_the_decoder_and_constrains_the_search(supernet, tmp_path):
+    from shiftadd.nas.latency import LatencyPredictor, measure_latency
+
+    one = TransformerArchitecture(8, (LayerChoice("attention", 8, 2),) * 2, (LayerChoice("attention", 8, 2),), (3,) * 6)
+    six = TransformerArchitecture(8, one.encoder, one.decoder * 6, (3,) * 6)
+    t1, t6 = measure_latency(one, V, tokens=4, repeats=5), measure_latency(six, V, tokens=4, repeats=5)
+    assert 0 < t1 < t6  # six decoder layers per step cost more than one (fastest of 5: robust to load)
+    archs = [SMALL.sample(np.random.default_rng(i)) for i in range(12)]
+    pred = LatencyPredictor(SMALL).fit(archs, [1.0 + len(a.decoder) + a.embed_dim / 8 for a in archs])
+    lookup = TransformerEnergyLookup(SMALL, V, tokens=5)
+    cfg = EvolutionConfig(population=6, parents=2, mutations=3, crossovers=3, generations=2, max_latency_ms=4.5)
+    state = evolutionary_search(SMALL, _score(supernet), lookup, cfg, str(tmp_path / "s.json"), log=lambda *_: None,
+                                latency=pred)
+    assert state["scores"] and all(pred(SMALL.from_key(k)) <= 4.5 for k in state["scores"])
+    assert state["settings"]["latency"] == pred.settings()
+    with pytest.raises(UserError, match="latency model"):
+        evolutionary_search(SMALL, _score(supernet), lookup, cfg, None, log=lambda *_: None)
+
+
 # --------------------------------------------------------------------------- CLI end to end
 EN = ["a dog runs in the park .", "two men play football .", "a woman reads a book .", "the cat sleeps ."]
 DE = ["ein hund rennt im park .", "zwei männer spielen fußball .", "eine frau liest ein buch .", "die katze schläft ."]
@@ -327,6 +369,14 @@ def test_cli_supernet_resume_search_show_and_retrain(corpus, tmp_path, capsys):
     arch = TransformerArchitecture.load(tmp_path / "f.yaml")
     assert [m.__class__.__name__ for m in net.encoder] == ["EncoderLayer"] * 2 and len(net.decoder) == len(arch.decoder)
     assert net.cfg.embed_dim == arch.embed_dim
+    # latency: measure a few sub-networks, fit, search under a predicted-latency budget
+    assert main(["nas", "latency", full, "--samples", "4", "--tokens", "3", "--repeats", "1"]) == 0
+    assert "held-out error" in capsys.readouterr().out
+    model = str(tmp_path / "full" / "latency-3tok.json")
+    assert main(search[:5] + ["--max-latency", "1000", "--latency-model", model, "--generations", "1",
+                              "--population", "2", "--tokens", "5"]) == 0
+    assert "ms predicted" in capsys.readouterr().out
+    assert main(search[:5] + ["--max-latency", "1000", "--tokens", "5"]) == 2
     # bad input: one line, exit code 2
     assert main(["nas", "search", full, "--energy-budget", "0.00001", "--tokens", "5"]) == 2
     assert "below the cheapest" in capsys.readouterr().err

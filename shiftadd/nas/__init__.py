@@ -10,7 +10,8 @@
   over either space;
 * :mod:`~shiftadd.nas.transformer_space`: :class:`TransformerArchitecture`, :class:`TransformerSearchSpace`;
 * :mod:`~shiftadd.nas.supertransformer`: the weight-sharing :class:`SuperTransformer` (HAT-style slices);
-* :mod:`~shiftadd.nas.transformer_energy`: energy per sentence of a Transformer from per-layer entries.
+* :mod:`~shiftadd.nas.transformer_energy`: energy per sentence of a Transformer from per-layer entries;
+* :mod:`~shiftadd.nas.latency`: measured CPU latency per sentence and a fitted latency predictor.
 
 >>> from shiftadd.nas import Architecture, SearchSpace
 >>> arch = SearchSpace(depth=20).sample(__import__("numpy").random.default_rng(0))
@@ -23,6 +24,7 @@ from shiftadd.nas.search import EvolutionConfig, evolutionary_search, pareto_sea
 from shiftadd.nas.sharing import PiecewiseLinearRemap, laplace_w2_distance
 from shiftadd.nas.space import DEFAULT_OPS, DEFAULT_WIDTHS, SearchSpace, family_properties
 from shiftadd.nas.supernet import SHARING_MODES, Supernet
+from shiftadd.nas.latency import LatencyPredictor, fit_latency_predictor, measure_latency
 from shiftadd.nas.supertransformer import SuperTransformer
 from shiftadd.nas.transformer_energy import TransformerEnergyLookup
 from shiftadd.nas.transformer_space import LayerChoice, TransformerArchitecture, TransformerSearchSpace
@@ -32,5 +34,5 @@ __all__ = [
     "family_properties", "Supernet", "SHARING_MODES", "PiecewiseLinearRemap", "laplace_w2_distance",
     "EnergyLookup", "SubnetScorer", "validation_split", "EvolutionConfig", "evolutionary_search", "pareto_search",
     "LayerChoice", "TransformerArchitecture", "TransformerSearchSpace", "SuperTransformer", "TransformerEnergyLookup",
-    "TranslationLossScorer",
+    "TranslationLossScorer", "LatencyPredictor", "fit_latency_predictor", "measure_latency",
 ]

@@ -103,6 +103,9 @@ def register(subparsers) -> None:
                    help="inference energy budget per image (transformer: per sentence), in microjoules")
     _energy_args(p)
     p.add_argument("--max-params", type=int, default=None, help="parameter budget")
+    p.add_argument("--max-latency", type=float, default=None, metavar="MS",
+                   help="transformer: predicted CPU latency budget per sentence (needs --latency-model)")
+    p.add_argument("--latency-model", default=None, metavar="FILE.json", help="from `shiftadd nas latency`")
     p.add_argument("--population", type=int, default=50)
     p.add_argument("--parents", type=int, default=10)
     p.add_argument("--mutations", type=int, default=25)
@@ -128,6 +131,17 @@ def register(subparsers) -> None:
                    help="multi-objective: Optuna storage shared by workers (sqlite:///f.db or a journal file)")
     p.add_argument("--study-name", default="shiftadd-nas")
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("latency", help="transformer: measure the CPU latency of sampled sub-networks, fit a predictor")
+    p.add_argument("run", help="SuperTransformer run directory (its space and vocabulary)")
+    p.add_argument("--samples", type=int, default=40, help="architectures to measure (a quarter held out)")
+    p.add_argument("--tokens", type=int, default=30, help="translate N source tokens into N target tokens")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per architecture (median)")
+    p.add_argument("--ridge", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads while measuring (default 1)")
+    p.add_argument("--out", default=None, help="predictor JSON (default RUN/latency-<tokens>tok.json)")
+    p.set_defaults(func=_cmd_latency)
 
     p = sub.add_parser("show", help="per-block table of an architecture: operator, energy share")
     p.add_argument("arch", help="architecture YAML/JSON file")
@@ -316,10 +330,45 @@ def _transformer_scoring(args, supernet, config, memory):
     return scorer, lookup
 
 
+def _cmd_latency(args) -> int:
+    import torch
+
+    from shiftadd.nas.latency import fit_latency_predictor
+    from shiftadd.nas.scoring import load_supernet
+    from shiftadd.nas.supertransformer import SuperTransformer
+
+    if args.threads < 1 or args.repeats < 1 or args.tokens < 1:
+        raise UserError("--threads, --repeats and --tokens must be positive")
+    torch.set_num_threads(args.threads)
+    supernet, _, _ = load_supernet(args.run, "cpu")
+    if not isinstance(supernet, SuperTransformer):
+        raise UserError(f"{args.run} is a ResNet supernet run; latency prediction is for --space transformer")
+    pred = fit_latency_predictor(supernet.space, supernet.vocab_size, args.samples, args.tokens, args.repeats,
+                                 args.seed, args.ridge)
+    out = args.out or os.path.join(args.run, f"latency-{args.tokens}tok.json")
+    pred.save(out)
+    h, t = pred.report["held_out"], pred.report["train"]
+    print(f"latency predictor written to {out}: held-out error {h['mae_ms']:.2f} ms mean absolute, "
+          f"{100 * h['mape']:.1f}% mean / {100 * h['max_ape']:.1f}% max relative over {h['n']} architectures "
+          f"(fit: {100 * t['mape']:.1f}% mean over {t['n']})")
+    return 0
+
+
 def _search(args, space, scorer, lookup, budget: str) -> int:
     """The evolutionary (or NSGA-II) search of either space; prints and saves the best architecture."""
     from shiftadd.nas.search import EvolutionConfig, evolutionary_search, pareto_search
 
+    latency = None
+    if args.max_latency is not None or args.latency_model:
+        from shiftadd.nas.latency import LatencyPredictor
+
+        if not args.latency_model or args.max_latency is None:
+            raise UserError("give both --max-latency MS and --latency-model FILE")
+        if getattr(space, "kind", None) != "transformer":
+            raise UserError("--max-latency applies to Transformer supernet runs")
+        if args.multi_objective:
+            raise UserError("--max-latency works with the evolutionary search, not --multi-objective")
+        latency = LatencyPredictor.load(args.latency_model, space)
     if args.multi_objective:
         result = pareto_search(space, scorer, lookup, args.trials, args.seed, args.storage, args.study_name,
                                args.energy_budget, args.population)
@@ -332,15 +381,20 @@ def _search(args, space, scorer, lookup, budget: str) -> int:
         best = max(result["pareto_front"], key=lambda r: r["score"]) if result["pareto_front"] else None
     else:
         cfg = EvolutionConfig(args.population, args.parents, args.mutations, args.crossovers, args.generations,
-                              args.mutate_prob, args.energy_budget, args.max_params, args.seed)
+                              args.mutate_prob, args.energy_budget, args.max_params, args.seed,
+                              max_latency_ms=args.max_latency)
+        if args.max_latency is not None:
+            budget += f"-{args.max_latency:g}ms"
         out = args.out or os.path.join(args.run, f"search-{budget}.json")
-        state = evolutionary_search(space, scorer, lookup, cfg, out, args.stop_after)
+        state = evolutionary_search(space, scorer, lookup, cfg, out, args.stop_after, latency=latency)
         best = state.get("best")
         if best is None:
             print(f"stopped after generation {state['generation']}; continue with the same command")
             return 0
         print(f"best: {space.from_key(best['arch'])}  score {best['score']:.4f}  "
-              f"{best['energy_uj']:.4g} uJ  {best['params']:,} parameters (state in {out})")
+              f"{best['energy_uj']:.4g} uJ  {best['params']:,} parameters"
+              + (f"  {latency(space.from_key(best['arch'])):.3g} ms predicted" if latency is not None else "")
+              + f" (state in {out})")
     if best is not None and args.save_arch:
         space.from_key(best["arch"]).save(args.save_arch)
         print(f"architecture written to {args.save_arch}")

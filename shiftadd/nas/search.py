@@ -48,6 +48,7 @@ class EvolutionConfig:
     energy_budget_uj: Optional[float] = None
     max_params: Optional[int] = None
     seed: int = 0
+    max_latency_ms: Optional[float] = None  # needs a ``latency`` predictor (Transformers: LatencyPredictor)
     max_tries: int = 100  # draws per wanted child before a generation gives up on filling up
 
     def validate(self) -> "EvolutionConfig":
@@ -62,15 +63,20 @@ class EvolutionConfig:
 
 
 class _Constraints:
-    def __init__(self, lookup: EnergyLookup, cfg: EvolutionConfig) -> None:
-        self.lookup, self.cfg = lookup, cfg
+    def __init__(self, lookup: EnergyLookup, cfg: EvolutionConfig,
+                 latency: Optional[Callable[[Architecture], float]] = None) -> None:
+        self.lookup, self.cfg, self.latency = lookup, cfg, latency
         lookup.check_budget(cfg.energy_budget_uj)
+        if cfg.max_latency_ms is not None and latency is None:
+            raise UserError("a latency budget needs a latency model (--latency-model, from `shiftadd nas latency`)")
         if cfg.max_params is not None and lookup.min_params() > cfg.max_params:
             raise UserError(f"parameter budget {cfg.max_params} is below the smallest network of the space "
                             f"({lookup.min_params()} parameters)")
 
     def ok(self, arch: Architecture) -> bool:
         if self.cfg.energy_budget_uj is not None and self.lookup.energy_uj(arch) > self.cfg.energy_budget_uj:
+            return False
+        if self.cfg.max_latency_ms is not None and self.latency(arch) > self.cfg.max_latency_ms:
             return False
         return self.cfg.max_params is None or self.lookup.params(arch) <= self.cfg.max_params
 
@@ -96,15 +102,21 @@ def _row(arch: Architecture, score: float, lookup: EnergyLookup) -> Dict[str, An
 
 def evolutionary_search(space: SearchSpace, score: Score, lookup: EnergyLookup, cfg: EvolutionConfig,
                         state_path: Optional[str] = None, stop_after: Optional[int] = None,
-                        log: Callable[[str], None] = print) -> Dict[str, Any]:
+                        log: Callable[[str], None] = print,
+                        latency: Optional[Callable[[Architecture], float]] = None) -> Dict[str, Any]:
     """Run (or resume, when ``state_path`` holds a state) the search; returns the final state.
 
     ``stop_after``: return after that many generations of this call (the state stays resumable).
+    ``latency``: predicted latency (ms) of an architecture, for ``cfg.max_latency_ms``.
     The result's ``best`` is the highest-scoring architecture within the constraints.
     """
     cfg.validate()
-    cons = _Constraints(lookup, cfg)
+    cons = _Constraints(lookup, cfg, latency)
     settings = {"config": asdict(cfg), "space": space.as_dict(), "energy": lookup.settings()}
+    if cfg.max_latency_ms is None:
+        del settings["config"]["max_latency_ms"]  # states written before the latency option still resume
+    else:
+        settings["latency"] = latency.settings() if hasattr(latency, "settings") else repr(latency)
     if state_path and os.path.isfile(state_path):
         with open(state_path) as f:
             state = json.load(f)
