@@ -168,6 +168,10 @@ def test_sub_transformer_equals_the_standalone_model_with_sliced_weights(superne
     for t in range(tgt.shape[1]):
         steps.append(supernet.decode(tgt[:, t:t + 1], memory, mask, state))
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=0, atol=1e-5)
+    sub_memory, sub_mask = sub.encode(src)
+    sub_state = {}
+    sub_steps = [sub.decode(tgt[:, t:t + 1], sub_memory, sub_mask, sub_state) for t in range(tgt.shape[1])]
+    torch.testing.assert_close(torch.cat(steps, 1), torch.cat(sub_steps, 1), rtol=0, atol=1e-6)
     assert greedy_decode(supernet, src, max_len=6) == greedy_decode(sub, src, max_len=6)
     assert beam_search(supernet, src, 2, max_len=5) == beam_search(sub, src, 2, max_len=5)
 
