@@ -158,7 +158,7 @@ def test_models_declare_their_task():
     assert model_info("transformer-seq").task == "translation"
     assert model_info("resnet20").task == "classification"
     assert "transformer-seq" in list_models() and "transformer-seq" not in list_models(task="classification")
-    assert list_models(task="translation") == ["transformer-seq"]
+    assert list_models(task="translation") == ["supertransformer", "transformer-seq"]
 
 
 def test_model_info_shapes_and_defaults():

@@ -66,17 +66,36 @@ class TransformerConfig:
     bos_id: int = 1
     eos_id: int = 2
     layer_options: Dict[str, Any] = field(default_factory=dict)
+    encoder_ffn_dims: Optional[Tuple[int, ...]] = None
+    decoder_ffn_dims: Optional[Tuple[int, ...]] = None
+    encoder_heads: Optional[Tuple[int, ...]] = None
+    decoder_heads: Optional[Tuple[int, ...]] = None
+    encoder_ops: Optional[Tuple[str, ...]] = None
+    decoder_ops: Optional[Tuple[str, ...]] = None
 
     def __post_init__(self) -> None:
         self.encoder_blocks = tuple(self.encoder_blocks)
         self.decoder_blocks = tuple(self.decoder_blocks)
+        for side in ("encoder", "decoder"):
+            n = len(getattr(self, f"{side}_blocks"))
+            for name, kind in (("ffn_dims", int), ("heads", int), ("ops", str)):
+                value = getattr(self, f"{side}_{name}")
+                if value is None:
+                    continue
+                value = tuple(kind(v) for v in value)
+                if len(value) != n:
+                    raise ValueError(f"TransformerConfig.{side}_{name} has {len(value)} entries for {n} {side} layers")
+                setattr(self, f"{side}_{name}", value)
         if isinstance(self.kernel_sizes, (list, tuple)):
             self.kernel_sizes = tuple(int(k) for k in self.kernel_sizes)
         for name in ("vocab_size", "embed_dim", "ffn_dim", "heads", "max_positions"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TransformerConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.embed_dim % self.heads:
-            raise ValueError(f"heads={self.heads} must divide embed_dim={self.embed_dim}")
+        for h in (self.heads,) + (self.encoder_heads or ()) + (self.decoder_heads or ()):
+            if int(h) < 1 or self.embed_dim % h:
+                raise ValueError(f"heads={h} must be positive and divide embed_dim={self.embed_dim}")
+        if any(int(f) < 1 for f in (self.encoder_ffn_dims or ()) + (self.decoder_ffn_dims or ())):
+            raise ValueError("TransformerConfig ffn dims must be positive integers")
         for side in ("encoder_blocks", "decoder_blocks"):
             blocks = getattr(self, side)
             if not blocks:
@@ -88,6 +107,9 @@ class TransformerConfig:
             if getattr(self, name) not in OPS:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not an operator family; choose one of: "
                                  f"{', '.join(OPS)}")
+        bad_ops = [o for o in (self.encoder_ops or ()) + (self.decoder_ops or ()) if o not in OPS]
+        if bad_ops:
+            raise ValueError(f"per-layer ops {bad_ops} are not operator families; choose from: {', '.join(OPS)}")
         n = max(len(self.encoder_blocks), len(self.decoder_blocks))
         if isinstance(self.kernel_sizes, tuple) and len(self.kernel_sizes) < n:
             raise ValueError(f"kernel_sizes has {len(self.kernel_sizes)} entries for {n} layers")
@@ -98,6 +120,15 @@ class TransformerConfig:
     def kernel_size(self, layer: int) -> int:
         k = self.kernel_sizes
         return int(k) if isinstance(k, int) else k[layer]
+
+    def layer_dims(self, side: str, layer: int) -> Tuple[int, int, str, str]:
+        """``(ffn_dim, heads, ffn_op, proj_op)`` of ``layer`` of ``side`` ("encoder" or "decoder"): the
+        per-layer value (``<side>_ffn_dims``, ``<side>_heads``, ``<side>_ops``) where given, else the global one.
+        A per-layer op is the family of that layer's FFN and of every projection in it."""
+        ffn, heads, ops = (getattr(self, f"{side}_{n}") for n in ("ffn_dims", "heads", "ops"))
+        op = ops[layer] if ops is not None else None
+        return (ffn[layer] if ffn is not None else self.ffn_dim, heads[layer] if heads is not None else self.heads,
+                op or self.ffn_op, op or self.proj_op)
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-friendly dict (tuples become lists); ``TransformerConfig(**d)`` rebuilds it."""
@@ -177,9 +208,10 @@ class _Residual(nn.Module):
 class EncoderLayer(nn.Module):
     def __init__(self, cfg: TransformerConfig, layer: int) -> None:
         super().__init__()
-        kw = _mixer_kwargs(cfg, layer)
-        self.mixer = token_mixer(cfg.encoder_blocks[layer], cfg.embed_dim, cfg.heads, causal=False, **kw)
-        self.ffn = FeedForward(cfg.embed_dim, cfg.ffn_dim, cfg.ffn_op, cfg.dropout, **cfg.layer_options)
+        ffn_dim, heads, ffn_op, proj_op = cfg.layer_dims("encoder", layer)
+        kw = _mixer_kwargs(cfg, layer, proj_op)
+        self.mixer = token_mixer(cfg.encoder_blocks[layer], cfg.embed_dim, heads, causal=False, **kw)
+        self.ffn = FeedForward(cfg.embed_dim, ffn_dim, ffn_op, cfg.dropout, **cfg.layer_options)
         self.mix_res = _Residual(cfg.embed_dim, cfg.pre_norm, cfg.dropout)
         self.ffn_res = _Residual(cfg.embed_dim, cfg.pre_norm, cfg.dropout)
 
@@ -191,11 +223,12 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: TransformerConfig, layer: int) -> None:
         super().__init__()
-        kw = _mixer_kwargs(cfg, layer)
-        self.mixer = token_mixer(cfg.decoder_blocks[layer], cfg.embed_dim, cfg.heads, causal=True, **kw)
-        self.cross = MultiheadAttention(cfg.embed_dim, cfg.heads, False, cfg.attention_dropout, cfg.proj_op,
+        ffn_dim, heads, ffn_op, proj_op = cfg.layer_dims("decoder", layer)
+        kw = _mixer_kwargs(cfg, layer, proj_op)
+        self.mixer = token_mixer(cfg.decoder_blocks[layer], cfg.embed_dim, heads, causal=True, **kw)
+        self.cross = MultiheadAttention(cfg.embed_dim, heads, False, cfg.attention_dropout, proj_op,
                                         **cfg.layer_options)
-        self.ffn = FeedForward(cfg.embed_dim, cfg.ffn_dim, cfg.ffn_op, cfg.dropout, **cfg.layer_options)
+        self.ffn = FeedForward(cfg.embed_dim, ffn_dim, ffn_op, cfg.dropout, **cfg.layer_options)
         self.mix_res = _Residual(cfg.embed_dim, cfg.pre_norm, cfg.dropout)
         self.cross_res = _Residual(cfg.embed_dim, cfg.pre_norm, cfg.dropout)
         self.ffn_res = _Residual(cfg.embed_dim, cfg.pre_norm, cfg.dropout)
@@ -210,8 +243,8 @@ class DecoderLayer(nn.Module):
         return self.ffn_res(x, self.ffn)
 
 
-def _mixer_kwargs(cfg: TransformerConfig, layer: int) -> Dict[str, Any]:
-    return dict(kernel_size=cfg.kernel_size(layer), dropout=cfg.attention_dropout, proj_op=cfg.proj_op,
+def _mixer_kwargs(cfg: TransformerConfig, layer: int, proj_op: str) -> Dict[str, Any]:
+    return dict(kernel_size=cfg.kernel_size(layer), dropout=cfg.attention_dropout, proj_op=proj_op,
                 glu=cfg.glu, weight_dropout=cfg.weight_dropout, **cfg.layer_options)
 
 
@@ -301,19 +334,46 @@ def example_pair(vocab_size: int, src_len: int, tgt_len: int, seed: int = 0, fir
 
 @register_model("transformer-seq", task="translation")
 def transformer_seq(op: str = "conv", num_classes: Optional[int] = None, vocab_size: Optional[int] = None,
-                    preset: str = "transformer", layers: int = 3, **overrides: Any) -> TransformerSeq2Seq:
+                    preset: str = "transformer", layers: int = 3, arch: Any = None,
+                    **overrides: Any) -> TransformerSeq2Seq:
     """Encoder-decoder Transformer for translation (token ids in, logits over the vocabulary out).
     Options: vocab_size (required), preset (transformer, lightweight, lightweight-adder,
-    lightweight-shiftadd, multiplication-free), layers, any TransformerConfig field. ``op`` other
-    than "conv" sets the FFN and projection family; ``num_classes`` is not used."""
+    lightweight-shiftadd, multiplication-free), layers, any TransformerConfig field; or
+    arch=FILE.yaml, a searched architecture (:mod:`shiftadd.nas.transformer_space`) that sets every
+    layer (then only the unsearched fields: dropout, max_positions, ...). ``op`` other than "conv"
+    sets the FFN and projection family; ``num_classes`` is not used."""
     if vocab_size is None:
         raise ValueError("transformer-seq needs vocab_size=... (the joint subword vocabulary size)")
+    if arch is not None:
+        from shiftadd.errors import UserError
+        from shiftadd.nas.transformer_space import as_transformer_architecture
+
+        if op != "conv" or preset != "transformer" or layers != 3:
+            raise UserError("give either an architecture (arch) or op/preset/layers, not both")
+        return TransformerSeq2Seq(as_transformer_architecture(arch).to_config(vocab_size, **overrides))
     if op != "conv":
         overrides.setdefault("ffn_op", op)
         overrides.setdefault("proj_op", op)
     return TransformerSeq2Seq(preset_config(preset, vocab_size, layers, **overrides))
 
 
+@register_model("supertransformer", task="translation", paper="ShiftAddNAS (You et al., ICML 2022); HAT (Wang et "
+                "al., ACL 2020)")
+def supertransformer(op: str = "conv", num_classes: Optional[int] = None, vocab_size: Optional[int] = None,
+                     space: Optional[Dict[str, Any]] = None, seed: int = 0, **options: Any) -> nn.Module:
+    """Weight-sharing SuperTransformer over a hybrid Transformer search space (one sampled path per
+    training step; shiftadd.nas.supertransformer). Options: space (TransformerSearchSpace.as_dict()
+    data), seed, dropout, attention_dropout, weight_dropout, pre_norm, max_positions."""
+    from shiftadd.errors import UserError
+    from shiftadd.nas.supertransformer import SuperTransformer
+
+    if vocab_size is None:
+        raise ValueError("supertransformer needs vocab_size=... (the joint subword vocabulary size)")
+    if op != "conv":
+        raise UserError("the SuperTransformer's families are chosen in its space (ops), not with --op")
+    return SuperTransformer.from_options(vocab_size, space, seed, **options)
+
+
 __all__ = ["TransformerConfig", "TransformerSeq2Seq", "FeedForward", "PackedPair", "PRESETS",
-           "example_pair", "preset_config", "sinusoidal_positions", "transformer_seq"]
+           "example_pair", "preset_config", "sinusoidal_positions", "supertransformer", "transformer_seq"]
 

@@ -105,32 +105,12 @@ class Architecture:
 
     def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Write as JSON (``.json``) or YAML (anything else), atomically."""
-        path = os.fspath(path)
-        if path.endswith(".json"):
-            text = json.dumps(self.as_dict(), indent=1) + "\n"
-        else:
-            import yaml
-
-            text = yaml.safe_dump(self.as_dict(), sort_keys=False, default_flow_style=None)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        write_text_atomic(path, self.as_dict())
 
     @classmethod
     def load(cls, path: Union[str, "os.PathLike[str]"]) -> "Architecture":
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise UserError(f"architecture file {path!r} not found")
-        import yaml
-
-        with open(path) as f:
-            text = f.read()
-        try:
-            data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-        except (ValueError, yaml.YAMLError) as exc:  # json.JSONDecodeError is a ValueError
-            raise UserError(f"cannot parse architecture file {path!r}: {str(exc).splitlines()[0]}") from None
-        return cls.from_dict(data, what=f"architecture file {path!r}")
+        return cls.from_dict(read_arch_data(path), what=f"architecture file {path!r}")
 
     def __str__(self) -> str:
         n = len(self.blocks) // 3
@@ -138,6 +118,35 @@ class Architecture:
         for s in range(3):
             stages.append(" ".join(_short(b) for b in self.blocks[s * n:(s + 1) * n]))
         return f"hybrid-resnet{self.depth}[ " + " | ".join(stages) + " ]"
+
+
+def write_text_atomic(path: Union[str, "os.PathLike[str]"], data: Mapping[str, Any]) -> None:
+    """Write ``data`` as JSON (``.json``) or YAML (anything else), atomically (an architecture file)."""
+    path = os.fspath(path)
+    if path.endswith(".json"):
+        text = json.dumps(dict(data), indent=1) + "\n"
+    else:
+        import yaml
+
+        text = yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=None)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def read_arch_data(path: str) -> Any:
+    """The parsed content of an architecture file (JSON by extension, else YAML); one-line UserError."""
+    if not os.path.isfile(path):
+        raise UserError(f"architecture file {path!r} not found")
+    import yaml
+
+    with open(path) as f:
+        text = f.read()
+    try:
+        return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:  # json.JSONDecodeError is a ValueError
+        raise UserError(f"cannot parse architecture file {path!r}: {str(exc).splitlines()[0]}") from None
 
 
 def _short(b: BlockChoice) -> str:

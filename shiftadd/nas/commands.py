@@ -7,6 +7,13 @@ Examples::
     shiftadd nas search runs/super --multi-objective --trials 200 --storage runs/super/study.log
     shiftadd nas show found.yaml --platform fpga_zc706 --format fix32
     shiftadd train --model hybrid-resnet20 -O arch=found.yaml
+
+Transformers (Multi30k En->De, the trainer's translation task)::
+
+    shiftadd nas supernet --space transformer --out runs/st --epochs 30
+    shiftadd nas search runs/st --energy-budget 400 --save-arch found.yaml     # uJ per 30-token sentence
+    shiftadd nas show found.yaml --vocab-size 8000
+    shiftadd train --task translation --model transformer-seq -O arch=found.yaml
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import sys
 from typing import Any, Dict
 
 from shiftadd.errors import UserError
+from shiftadd.nas.transformer_space import DECODER_BLOCKS, ENCODER_BLOCKS
 
 
 def _kv(text: str):
@@ -44,6 +52,8 @@ def register(subparsers) -> None:
     sub.required = True
 
     p = sub.add_parser("supernet", help="train a weight-sharing supernet with the trainer (resumable)")
+    p.add_argument("--space", default="resnet", choices=("resnet", "transformer"),
+                   help="resnet (CIFAR hybrid ResNets, default) or transformer (SuperTransformer on Multi30k)")
     p.add_argument("--out", help="run directory (checkpoints, metrics, nas.json)")
     p.add_argument("--resume", metavar="OUT", help="continue the supernet run saved in OUT")
     p.add_argument("--depth", type=int, default=20, help="CIFAR ResNet depth 6n+2 (default 20)")
@@ -56,10 +66,26 @@ def register(subparsers) -> None:
     p.add_argument("--sandwich", action="store_true", help="also train the widest and narrowest path each step")
     p.add_argument("--reg-weight", type=float, default=0.05, help="weight of the Laplace regulariser")
     p.add_argument("--val-size", type=int, default=5000, help="training images held out for scoring candidates")
-    p.add_argument("--dataset", default="cifar10")
+    t = p.add_argument_group("--space transformer (HAT dimensions scaled to Multi30k; lists are comma-separated)")
+    t.add_argument("--embed-dims", default="256,384,512")
+    t.add_argument("--ffn-dims", default="512,1024,2048")
+    t.add_argument("--heads", default="4,8")
+    t.add_argument("--encoder-layers", type=int, default=6)
+    t.add_argument("--decoder-layers", default="1,2,3,4,5,6")
+    t.add_argument("--encoder-blocks", default=",".join(ENCODER_BLOCKS))
+    t.add_argument("--decoder-blocks", default=",".join(DECODER_BLOCKS))
+    t.add_argument("--layer-ops", default="conv",
+                   help="families of each layer's FFN and projections: conv, or conv,shift-ps (shift-layer FFN)")
+    t.add_argument("--no-glu", dest="glu", action="store_false", help="no GLU gate in the lightweight blocks")
+    t.add_argument("--kernel-sizes", default="3,7,15,31,31,31", help="lightweight kernel of layer 1, 2, ...")
+    t.add_argument("--vocab-size", type=int, default=None, help="joint subword vocabulary (default 8000)")
+    t.add_argument("--max-tokens", type=int, default=None, help="padded tokens per batch side (default 4096)")
+    t.add_argument("--val-split", type=int, default=None, metavar="N",
+                   help="first N validation pairs for the per-epoch BLEU of the largest path")
+    p.add_argument("--dataset", default=None, help="cifar10 (resnet) / multi30k (transformer)")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--subset", type=int, default=None, help="class-balanced subset of the training set first")
-    p.add_argument("--recipe", default="shiftaddnet")
+    p.add_argument("--subset", type=int, default=None, help="subset of the training set first")
+    p.add_argument("--recipe", default=None, help="default shiftaddnet (resnet) / transformer")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
@@ -74,9 +100,12 @@ def register(subparsers) -> None:
     p = sub.add_parser("search", help="search a trained supernet under an energy budget (resumable)")
     p.add_argument("run", help="supernet run directory (from `shiftadd nas supernet`)")
     p.add_argument("--energy-budget", type=float, default=None, metavar="UJ",
-                   help="inference energy budget per image, in microjoules")
+                   help="inference energy budget per image (transformer: per sentence), in microjoules")
     _energy_args(p)
     p.add_argument("--max-params", type=int, default=None, help="parameter budget")
+    p.add_argument("--max-latency", type=float, default=None, metavar="MS",
+                   help="transformer: predicted CPU latency budget per sentence (needs --latency-model)")
+    p.add_argument("--latency-model", default=None, metavar="FILE.json", help="from `shiftadd nas latency`")
     p.add_argument("--population", type=int, default=50)
     p.add_argument("--parents", type=int, default=10)
     p.add_argument("--mutations", type=int, default=25)
@@ -85,6 +114,10 @@ def register(subparsers) -> None:
     p.add_argument("--mutate-prob", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-images", type=int, default=None, help="score on a balanced subset of the validation split")
+    p.add_argument("--val-sentences", type=int, default=None,
+                   help="transformer: score on the first N pairs of the Multi30k validation split")
+    p.add_argument("--tokens", type=int, default=30, help="transformer: energy of a sentence of N (+N) tokens")
+    p.add_argument("--max-tokens", type=int, default=4096, help="transformer: padded tokens per scoring batch")
     p.add_argument("--recal-images", type=int, default=1024, help="training images for BatchNorm recalibration")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
@@ -99,12 +132,25 @@ def register(subparsers) -> None:
     p.add_argument("--study-name", default="shiftadd-nas")
     p.set_defaults(func=_cmd_search)
 
+    p = sub.add_parser("latency", help="transformer: measure the CPU latency of sampled sub-networks, fit a predictor")
+    p.add_argument("run", help="SuperTransformer run directory (its space and vocabulary)")
+    p.add_argument("--samples", type=int, default=40, help="architectures to measure (a quarter held out)")
+    p.add_argument("--tokens", type=int, default=30, help="translate N source tokens into N target tokens")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per architecture (median)")
+    p.add_argument("--ridge", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads while measuring (default 1)")
+    p.add_argument("--out", default=None, help="predictor JSON (default RUN/latency-<tokens>tok.json)")
+    p.set_defaults(func=_cmd_latency)
+
     p = sub.add_parser("show", help="per-block table of an architecture: operator, energy share")
     p.add_argument("arch", help="architecture YAML/JSON file")
     _energy_args(p)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--base-width", type=int, default=16, help="channels of the first stage (default 16)")
+    p.add_argument("--vocab-size", type=int, default=8000, help="transformer: vocabulary of the output projection")
+    p.add_argument("--tokens", type=int, default=30, help="transformer: energy of a sentence of N (+N) tokens")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_show)
 
@@ -116,24 +162,86 @@ def _space_from_args(args):
                        args.attention)
 
 
+def _transformer_space_from_args(args):
+    from shiftadd.nas.space import parse_list
+    from shiftadd.nas.transformer_space import TransformerSearchSpace
+
+    return TransformerSearchSpace(parse_list(args.embed_dims, int), parse_list(args.ffn_dims, int),
+                                  parse_list(args.heads, int), args.encoder_layers,
+                                  parse_list(args.decoder_layers, int), parse_list(args.encoder_blocks),
+                                  parse_list(args.decoder_blocks), parse_list(args.layer_ops), args.glu,
+                                  parse_list(args.kernel_sizes, int))
+
+
+def _resume_config(args):
+    from shiftadd.train.checkpoint import load_checkpoint_meta
+    from shiftadd.train.config import config_from_dict
+
+    config = config_from_dict(load_checkpoint_meta(args.resume)["config"])
+    for k in ("epochs", "threads", "progress"):
+        if getattr(args, k) is not None:
+            setattr(config, k, getattr(args, k))
+    if args.device != "auto":
+        config.device = args.device
+    return config
+
+
+def _run_values(args, model: str, options: Dict[str, Any], dataset: str) -> Dict[str, Any]:
+    values: Dict[str, Any] = dict(args.train_option)
+    values.update(model=model, model_options=options, dataset=dataset, data_dir=args.data_dir, subset=args.subset,
+                  seed=args.seed, device=args.device)
+    for k in ("epochs", "batch_size", "lr", "threads", "progress"):
+        if getattr(args, k) is not None:
+            values[k] = getattr(args, k)
+    if not sys.stderr.isatty() and args.progress is None:
+        values["progress"] = False
+    return values
+
+
+def _cmd_supernet_transformer(args) -> int:
+    """The SuperTransformer, trained by the trainer's translation task (validation: the largest path)."""
+    from shiftadd.train import TrainingDiverged, make_config, train
+
+    if args.resume:
+        out, config = args.resume, _resume_config(args)
+        if _read_settings(out).get("space", {}).get("kind") != "transformer":
+            raise UserError(f"{out} holds a ResNet supernet run; resume it without --space transformer")
+    else:
+        if not args.out:
+            raise UserError("give --out DIR for a new supernet run (or --resume DIR)")
+        out = args.out
+        space = _transformer_space_from_args(args)
+        values = _run_values(args, "supertransformer", {"space": space.as_dict(), "seed": args.seed},
+                             args.dataset or "multi30k")
+        for k in ("vocab_size", "max_tokens", "val_split"):
+            if getattr(args, k) is not None:
+                values[k] = getattr(args, k)
+        values["task"] = "translation"
+        config = make_config(args.recipe or "transformer", values)
+        os.makedirs(out, exist_ok=True)
+        _write_settings(out, {"space": space.as_dict()})
+    try:
+        train(config, out, resume=bool(args.resume))
+    except TrainingDiverged as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
 def _cmd_supernet(args) -> int:
+    if args.space == "transformer" or (args.resume and _read_settings(args.resume).get("space", {}).get("kind")
+                                       == "transformer"):
+        return _cmd_supernet_transformer(args)
+    args.dataset = args.dataset or "cifar10"
+    args.recipe = args.recipe or "shiftaddnet"
     from shiftadd.data import load_dataset
     from shiftadd.nas.scoring import validation_split
     from shiftadd.nas.supernet import SHARING_MODES
     from shiftadd.train import TrainingDiverged, make_config, train
 
     if args.resume:
-        from shiftadd.train.checkpoint import load_checkpoint_meta
-        from shiftadd.train.config import config_from_dict
-
         out = args.resume
         settings = _read_settings(out)
-        config = config_from_dict(load_checkpoint_meta(out)["config"])
-        for k in ("epochs", "threads", "progress"):
-            if getattr(args, k) is not None:
-                setattr(config, k, getattr(args, k))
-        if args.device != "auto":
-            config.device = args.device
+        config = _resume_config(args)
     else:
         if not args.out:
             raise UserError("give --out DIR for a new supernet run (or --resume DIR)")
@@ -144,14 +252,7 @@ def _cmd_supernet(args) -> int:
         options = {"mode": args.mode, "ops": list(space.ops), "widths": list(space.widths),
                    "width": space.base_width, "sandwich": args.sandwich, "seed": args.seed,
                    "reg_weight": args.reg_weight, "attention": space.attention}
-        values: Dict[str, Any] = dict(args.train_option)
-        values.update(model=f"supernet-resnet{space.depth}", model_options=options, dataset=args.dataset,
-                      data_dir=args.data_dir, subset=args.subset, seed=args.seed, device=args.device)
-        for k in ("epochs", "batch_size", "lr", "threads", "progress"):
-            if getattr(args, k) is not None:
-                values[k] = getattr(args, k)
-        if not sys.stderr.isatty() and args.progress is None:
-            values["progress"] = False
+        values = _run_values(args, f"supernet-resnet{space.depth}", options, args.dataset)
         config = make_config(args.recipe, values)
         settings = {"space": space.as_dict(), "mode": args.mode, "val_size": args.val_size, "split_seed": args.seed}
     train_set, _ = load_dataset(config.dataset, data_dir=config.data_dir, subset=config.subset, seed=config.seed)
@@ -185,26 +286,89 @@ def _write_settings(run: str, settings: Dict[str, Any]) -> None:
 def _cmd_search(args) -> int:
     import torch
 
-    from shiftadd.nas.arch import Architecture
     from shiftadd.nas.energy_table import EnergyLookup
     from shiftadd.nas.scoring import SubnetScorer, load_supernet, split_data
-    from shiftadd.nas.search import EvolutionConfig, evolutionary_search, pareto_search
 
     if args.threads:
         torch.set_num_threads(args.threads)
     supernet, settings, config = load_supernet(args.run, args.device)
     space = supernet.space
+    memory = None if str(args.memory).lower() in ("none", "off", "") else args.memory
+    budget = "none" if args.energy_budget is None else f"{args.energy_budget:g}uJ"
+    if settings.get("space", {}).get("kind") == "transformer":
+        scorer, lookup = _transformer_scoring(args, supernet, config, memory)
+        return _search(args, space, scorer, lookup, budget)
     train_part, val_part, _ = split_data(settings, config)
     if args.val_images is not None and args.val_images < len(val_part.labels):
         val_part = val_part.balanced_subset(args.val_images, args.seed)
     size = int(train_part.images.shape[-1])
-    memory = None if str(args.memory).lower() in ("none", "off", "") else args.memory
     suffix = f"{args.platform}-{args.fmt}-{memory}-{size}".replace(os.sep, "_")
     lookup = EnergyLookup.cached(os.path.join(args.run, f"energy-{suffix}.json"), space, args.platform, args.fmt,
                                  memory, size, int(train_part.images.shape[1]), supernet.num_classes)
     lookup.check_budget(args.energy_budget)
     scorer = SubnetScorer(supernet, val_part, train_part, args.recal_images, args.batch_size, args.device, args.seed)
-    budget = "none" if args.energy_budget is None else f"{args.energy_budget:g}uJ"
+    return _search(args, space, scorer, lookup, budget)
+
+
+def _transformer_scoring(args, supernet, config, memory):
+    """(validation-loss scorer, energy lookup) of a SuperTransformer run: the Multi30k validation split
+    (first ``--val-sentences`` pairs) encoded with the run's own vocabulary; never the test split."""
+    from shiftadd.nas.scoring import TranslationLossScorer
+    from shiftadd.nas.transformer_energy import TransformerEnergyLookup
+    from shiftadd.train.checkpoint import load_checkpoint_meta
+    from shiftadd.train.translation import TranslationTask, tokenizer_from_meta
+
+    if args.tokens < 1 or args.max_tokens < 1:
+        raise UserError("--tokens and --max-tokens must be positive")
+    tok = tokenizer_from_meta(load_checkpoint_meta(args.run), args.run)
+    val = TranslationTask().load_split(config, "val", tok, args.val_sentences)
+    scorer = TranslationLossScorer(supernet, val.data, args.max_tokens, args.device)
+    suffix = f"{args.platform}-{args.fmt}-{memory}-{args.tokens}tok".replace(os.sep, "_")
+    lookup = TransformerEnergyLookup.cached(os.path.join(args.run, f"energy-{suffix}.json"), supernet.space,
+                                            supernet.vocab_size, args.tokens, args.platform, args.fmt, memory)
+    lookup.check_budget(args.energy_budget)
+    return scorer, lookup
+
+
+def _cmd_latency(args) -> int:
+    import torch
+
+    from shiftadd.nas.latency import fit_latency_predictor
+    from shiftadd.nas.scoring import load_supernet
+    from shiftadd.nas.supertransformer import SuperTransformer
+
+    if args.threads < 1 or args.repeats < 1 or args.tokens < 1:
+        raise UserError("--threads, --repeats and --tokens must be positive")
+    torch.set_num_threads(args.threads)
+    supernet, _, _ = load_supernet(args.run, "cpu")
+    if not isinstance(supernet, SuperTransformer):
+        raise UserError(f"{args.run} is a ResNet supernet run; latency prediction is for --space transformer")
+    pred = fit_latency_predictor(supernet.space, supernet.vocab_size, args.samples, args.tokens, args.repeats,
+                                 args.seed, args.ridge)
+    out = args.out or os.path.join(args.run, f"latency-{args.tokens}tok.json")
+    pred.save(out)
+    h, t = pred.report["held_out"], pred.report["train"]
+    print(f"latency predictor written to {out}: held-out error {h['mae_ms']:.2f} ms mean absolute, "
+          f"{100 * h['mape']:.1f}% mean / {100 * h['max_ape']:.1f}% max relative over {h['n']} architectures "
+          f"(fit: {100 * t['mape']:.1f}% mean over {t['n']})")
+    return 0
+
+
+def _search(args, space, scorer, lookup, budget: str) -> int:
+    """The evolutionary (or NSGA-II) search of either space; prints and saves the best architecture."""
+    from shiftadd.nas.search import EvolutionConfig, evolutionary_search, pareto_search
+
+    latency = None
+    if args.max_latency is not None or args.latency_model:
+        from shiftadd.nas.latency import LatencyPredictor
+
+        if not args.latency_model or args.max_latency is None:
+            raise UserError("give both --max-latency MS and --latency-model FILE")
+        if getattr(space, "kind", None) != "transformer":
+            raise UserError("--max-latency applies to Transformer supernet runs")
+        if args.multi_objective:
+            raise UserError("--max-latency works with the evolutionary search, not --multi-objective")
+        latency = LatencyPredictor.load(args.latency_model, space)
     if args.multi_objective:
         result = pareto_search(space, scorer, lookup, args.trials, args.seed, args.storage, args.study_name,
                                args.energy_budget, args.population)
@@ -212,33 +376,86 @@ def _cmd_search(args) -> int:
         with open(out, "w") as f:
             json.dump(result, f, indent=1)
         for row in result["pareto_front"]:
-            print(f"{row['score']:.4f}  {row['energy_uj']:.4g} uJ  {Architecture.from_key(row['arch'])}")
+            print(f"{row['score']:.4f}  {row['energy_uj']:.4g} uJ  {space.from_key(row['arch'])}")
         print(f"Pareto front of {len(result['pareto_front'])} architectures written to {out}")
         best = max(result["pareto_front"], key=lambda r: r["score"]) if result["pareto_front"] else None
     else:
         cfg = EvolutionConfig(args.population, args.parents, args.mutations, args.crossovers, args.generations,
-                              args.mutate_prob, args.energy_budget, args.max_params, args.seed)
+                              args.mutate_prob, args.energy_budget, args.max_params, args.seed,
+                              max_latency_ms=args.max_latency)
+        if args.max_latency is not None:
+            budget += f"-{args.max_latency:g}ms"
         out = args.out or os.path.join(args.run, f"search-{budget}.json")
-        state = evolutionary_search(space, scorer, lookup, cfg, out, args.stop_after)
+        state = evolutionary_search(space, scorer, lookup, cfg, out, args.stop_after, latency=latency)
         best = state.get("best")
         if best is None:
             print(f"stopped after generation {state['generation']}; continue with the same command")
             return 0
-        print(f"best: {Architecture.from_key(best['arch'])}  score {best['score']:.4f}  "
-              f"{best['energy_uj']:.4g} uJ  {best['params']:,} parameters (state in {out})")
+        print(f"best: {space.from_key(best['arch'])}  score {best['score']:.4f}  "
+              f"{best['energy_uj']:.4g} uJ  {best['params']:,} parameters"
+              + (f"  {latency(space.from_key(best['arch'])):.3g} ms predicted" if latency is not None else "")
+              + f" (state in {out})")
     if best is not None and args.save_arch:
-        Architecture.from_key(best["arch"]).save(args.save_arch)
+        space.from_key(best["arch"]).save(args.save_arch)
         print(f"architecture written to {args.save_arch}")
+    return 0
+
+
+def _cmd_show_transformer(args, data) -> int:
+    from shiftadd.energy.profile import format_energy
+    from shiftadd.nas.transformer_energy import TransformerEnergyLookup
+    from shiftadd.nas.transformer_space import (TransformerArchitecture, TransformerSearchSpace,
+                                                block_multiplication_free)
+
+    arch = TransformerArchitecture.from_dict(data, what=f"architecture file {args.arch!r}")
+    if args.vocab_size < 1 or args.tokens < 1:
+        raise UserError("--vocab-size and --tokens must be positive")
+    layers = [c for _, _, c in arch.layers]
+    # the smallest space holding the architecture and the all-attention Transformer of the same sizes
+    def values(name, extra=()):
+        return tuple(dict.fromkeys(tuple(extra) + tuple(getattr(c, name) for c in layers)))
+
+    space = TransformerSearchSpace((arch.embed_dim,), values("ffn_dim"), values("heads"), len(arch.encoder),
+                                   (len(arch.decoder),), values("block", ("attention",)),
+                                   values("block", ("attention",)), values("op", ("conv",)), arch.glu,
+                                   arch.kernel_sizes)
+    memory = None if str(args.memory).lower() in ("none", "off", "") else args.memory
+    lookup = TransformerEnergyLookup(space, args.vocab_size, args.tokens, args.platform, args.fmt, memory)
+    rows = lookup.breakdown(arch)
+    total = lookup.energy_pj(arch)
+    attention = TransformerArchitecture(arch.embed_dim, *(tuple(type(c)("attention", c.ffn_dim, c.heads, "conv")
+                                                                for c in getattr(arch, s)) for s in ("encoder", "decoder")),
+                                        arch.kernel_sizes, arch.glu)
+    base = lookup.energy_pj(attention)
+    if args.json:
+        print(json.dumps({"arch": arch.as_dict(), "platform": lookup.platform, "format": args.fmt, "rows": rows,
+                          "total_pj": total, "params": lookup.params(arch), "all_attention_pj": base,
+                          "tokens": args.tokens, "vocab_size": args.vocab_size}, indent=1))
+        return 0
+    print(f"{arch}\n({lookup.platform}, {args.fmt}, memory {memory}, one sentence of {args.tokens} + {args.tokens} "
+          f"tokens, vocabulary {args.vocab_size})")
+    print(f"{'part':<17} {'layer':>5}  {'block':<30} {'ffn':>5} {'heads':>5}  {'linear':<8} {'mult-free':>9}  "
+          f"{'energy':>10}  {'share':>6}")
+    for r in rows:
+        free = "yes" if r["layer"] != "-" and block_multiplication_free(r["block"], r["op"], arch.glu) else "no"
+        print(f"{r['side']:<17} {r['layer']:>5}  {r['block']:<30} {r['ffn_dim']!s:>5} {r['heads']!s:>5}  "
+              f"{r['op']:<8} {free:>9}  {format_energy(r['energy_pj']):>10}  {100 * r['share']:5.1f}%")
+    print(f"total {format_energy(total)} ({total / 1e6:.4g} uJ) per sentence, {lookup.params(arch):,} parameters; "
+          f"all-attention Transformer of the same sizes: {format_energy(base)} ({100 * (1 - total / base):.1f}% saved)")
     return 0
 
 
 def _cmd_show(args) -> int:
     from shiftadd.energy.profile import format_energy
-    from shiftadd.nas.arch import Architecture
+    from shiftadd.nas.arch import Architecture, read_arch_data
     from shiftadd.nas.energy_table import EnergyLookup
     from shiftadd.nas.space import ATTENTION, SearchSpace, family_properties
+    from shiftadd.nas.transformer_space import is_transformer_data
 
-    arch = Architecture.load(args.arch)
+    data = read_arch_data(args.arch)
+    if is_transformer_data(data):
+        return _cmd_show_transformer(args, data)
+    arch = Architecture.from_dict(data, what=f"architecture file {args.arch!r}")
     for op in arch.ops:
         family_properties(op)
     ops = tuple(dict.fromkeys(("conv",) + tuple(op for op in arch.ops if op != ATTENTION)))

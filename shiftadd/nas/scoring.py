@@ -1,7 +1,12 @@
-"""Scoring candidates with inherited supernet weights on a held-out split of the *training* set.
+"""Scoring candidates with inherited supernet weights, never on the test split.
 
-Before each candidate is scored, its BatchNorm statistics are re-estimated on training images
-(standard for single-path supernets: the running statistics were averaged over many paths).
+CNN (:class:`SubnetScorer`): accuracy on a held-out split of the *training* set; before each
+candidate is scored, its BatchNorm statistics are re-estimated on training images (standard for
+single-path supernets: the running statistics were averaged over many paths).
+
+Transformer (:class:`TranslationLossScorer`): minus the validation loss (cross-entropy per target
+token under teacher forcing, no label smoothing) of the sub-Transformer on Multi30k's validation
+split (LayerNorm only: nothing to recalibrate).
 """
 from __future__ import annotations
 
@@ -56,12 +61,43 @@ class SubnetScorer:
         return self.cache[key]
 
 
+class TranslationLossScorer:
+    """``-(validation loss per target token)`` of paths of a SuperTransformer (cached per architecture)."""
+
+    def __init__(self, supernet, val_data, max_tokens: int = 4096, device: str = "cpu") -> None:
+        from shiftadd.data.text import TokenBatchLoader
+
+        self.supernet, self.device = supernet, torch.device(device)
+        self.batches = list(TokenBatchLoader(val_data, max_tokens, shuffle=False, seed=0))
+        self.cache: Dict[str, float] = {}
+
+    def loss(self, arch) -> float:
+        """Validation cross-entropy per target token of ``arch`` with the supernet's weights."""
+        from shiftadd.seq.loss import label_smoothed_cross_entropy
+
+        net = self.supernet.set_active(arch).eval()
+        total, tokens = 0.0, 0
+        for b in self.batches:
+            logits = net(b.src.to(self.device), b.tgt_in.to(self.device))
+            _, nll, n = label_smoothed_cross_entropy(logits, b.tgt_out.to(self.device), 0.0, net.cfg.pad_id)
+            total, tokens = total + float(nll), tokens + int(n)
+        return total / max(tokens, 1)
+
+    @torch.no_grad()
+    def __call__(self, arch) -> float:
+        key = arch.key()
+        if key not in self.cache:
+            self.cache[key] = -self.loss(arch)
+        return self.cache[key]
+
+
 def load_supernet(run_dir: str, device: str = "cpu") -> Tuple[object, Dict, object]:
     """``(supernet, nas_settings, train_config)`` of a run written by ``shiftadd nas supernet``."""
     import json
     import os
 
     from shiftadd.nas.supernet import Supernet
+    from shiftadd.nas.supertransformer import SuperTransformer
     from shiftadd.train import load_trained_model
 
     settings_path = os.path.join(run_dir, "nas.json")
@@ -70,7 +106,7 @@ def load_supernet(run_dir: str, device: str = "cpu") -> Tuple[object, Dict, obje
     with open(settings_path) as f:
         settings = json.load(f)
     model, config, _ = load_trained_model(run_dir, device)
-    if not isinstance(model, Supernet):
+    if not isinstance(model, (Supernet, SuperTransformer)):
         raise UserError(f"the run in {run_dir!r} did not train a supernet but {config.model!r}")
     return model, settings, config
 

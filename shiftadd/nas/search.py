@@ -1,4 +1,11 @@
-"""Architecture search over a :class:`~shiftadd.nas.space.SearchSpace`.
+"""Architecture search over a search space: the CNN :class:`~shiftadd.nas.space.SearchSpace` or the
+:class:`~shiftadd.nas.transformer_space.TransformerSearchSpace` (one engine, two spaces).
+
+A space provides ``sample``, ``mutate``, ``crossover`` (numpy Generator), ``from_key`` (the state
+stores architecture keys), ``suggest`` (Optuna) and ``as_dict``; an energy lookup provides
+``energy_uj``, ``params``, ``extreme``, ``min_params``, ``check_budget`` and ``settings``
+(:class:`~shiftadd.nas.energy_table.EnergyLookup`,
+:class:`~shiftadd.nas.transformer_energy.TransformerEnergyLookup`).
 
 * :func:`evolutionary_search`: the evolutionary search of SPOS / ShiftAddNAS (population 50, the
   top 10 kept as parents, 25 mutations with probability 0.2 and 25 crossovers per generation, 20
@@ -21,10 +28,10 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from shiftadd.errors import UserError
-from shiftadd.nas.arch import Architecture
-from shiftadd.nas.energy_table import EnergyLookup
-from shiftadd.nas.space import SearchSpace
 
+Architecture = Any  # an Architecture or a TransformerArchitecture (anything with .key())
+SearchSpace = Any   # a SearchSpace or a TransformerSearchSpace
+EnergyLookup = Any  # an EnergyLookup or a TransformerEnergyLookup
 Score = Callable[[Architecture], float]
 
 
@@ -41,6 +48,7 @@ class EvolutionConfig:
     energy_budget_uj: Optional[float] = None
     max_params: Optional[int] = None
     seed: int = 0
+    max_latency_ms: Optional[float] = None  # needs a ``latency`` predictor (Transformers: LatencyPredictor)
     max_tries: int = 100  # draws per wanted child before a generation gives up on filling up
 
     def validate(self) -> "EvolutionConfig":
@@ -55,15 +63,20 @@ class EvolutionConfig:
 
 
 class _Constraints:
-    def __init__(self, lookup: EnergyLookup, cfg: EvolutionConfig) -> None:
-        self.lookup, self.cfg = lookup, cfg
+    def __init__(self, lookup: EnergyLookup, cfg: EvolutionConfig,
+                 latency: Optional[Callable[[Architecture], float]] = None) -> None:
+        self.lookup, self.cfg, self.latency = lookup, cfg, latency
         lookup.check_budget(cfg.energy_budget_uj)
+        if cfg.max_latency_ms is not None and latency is None:
+            raise UserError("a latency budget needs a latency model (--latency-model, from `shiftadd nas latency`)")
         if cfg.max_params is not None and lookup.min_params() > cfg.max_params:
             raise UserError(f"parameter budget {cfg.max_params} is below the smallest network of the space "
                             f"({lookup.min_params()} parameters)")
 
     def ok(self, arch: Architecture) -> bool:
         if self.cfg.energy_budget_uj is not None and self.lookup.energy_uj(arch) > self.cfg.energy_budget_uj:
+            return False
+        if self.cfg.max_latency_ms is not None and self.latency(arch) > self.cfg.max_latency_ms:
             return False
         return self.cfg.max_params is None or self.lookup.params(arch) <= self.cfg.max_params
 
@@ -83,20 +96,27 @@ def _draw(make: Callable[[], Architecture], want: int, ok: Callable[[Architectur
 
 
 def _row(arch: Architecture, score: float, lookup: EnergyLookup) -> Dict[str, Any]:
+    """One result row: the architecture's key, its score, energy (uJ) and parameters."""
     return {"arch": arch.key(), "score": score, "energy_uj": lookup.energy_uj(arch), "params": lookup.params(arch)}
 
 
 def evolutionary_search(space: SearchSpace, score: Score, lookup: EnergyLookup, cfg: EvolutionConfig,
                         state_path: Optional[str] = None, stop_after: Optional[int] = None,
-                        log: Callable[[str], None] = print) -> Dict[str, Any]:
+                        log: Callable[[str], None] = print,
+                        latency: Optional[Callable[[Architecture], float]] = None) -> Dict[str, Any]:
     """Run (or resume, when ``state_path`` holds a state) the search; returns the final state.
 
     ``stop_after``: return after that many generations of this call (the state stays resumable).
+    ``latency``: predicted latency (ms) of an architecture, for ``cfg.max_latency_ms``.
     The result's ``best`` is the highest-scoring architecture within the constraints.
     """
     cfg.validate()
-    cons = _Constraints(lookup, cfg)
+    cons = _Constraints(lookup, cfg, latency)
     settings = {"config": asdict(cfg), "space": space.as_dict(), "energy": lookup.settings()}
+    if cfg.max_latency_ms is None:
+        del settings["config"]["max_latency_ms"]  # states written before the latency option still resume
+    else:
+        settings["latency"] = latency.settings() if hasattr(latency, "settings") else repr(latency)
     if state_path and os.path.isfile(state_path):
         with open(state_path) as f:
             state = json.load(f)
@@ -125,20 +145,20 @@ def evolutionary_search(space: SearchSpace, score: Score, lookup: EnergyLookup, 
     ran = 0
     while state["generation"] < cfg.generations:
         g = state["generation"]
-        population = [Architecture.from_key(k) for k in state["population"]]
+        population = [space.from_key(k) for k in state["population"]]
         for a in population:
             if a.key() not in scores:
                 scores[a.key()] = float(score(a))
         ranked = sorted(set(state["parents"]) | set(state["population"]), key=lambda k: (-scores[k], k))
         state["parents"] = ranked[:cfg.parents]
         best = state["parents"][0]
-        state["history"].append({"generation": g + 1, "best": _row(Architecture.from_key(best), scores[best], lookup),
+        state["history"].append({"generation": g + 1, "best": _row(space.from_key(best), scores[best], lookup),
                                  "population_mean_score": float(np.mean([scores[k] for k in state["population"]])),
                                  "evaluated": len(scores)})
         log(f"generation {g + 1}/{cfg.generations}: best score {scores[best]:.4f} "
-            f"({lookup.energy_uj(Architecture.from_key(best)):.4g} uJ), {len(scores)} architectures scored")
+            f"({lookup.energy_uj(space.from_key(best)):.4g} uJ), {len(scores)} architectures scored")
         if g + 1 < cfg.generations:
-            parents = [Architecture.from_key(k) for k in state["parents"]]
+            parents = [space.from_key(k) for k in state["parents"]]
             seen = set(scores) | set(state["population"])
 
             def mutant() -> Architecture:
@@ -161,8 +181,8 @@ def evolutionary_search(space: SearchSpace, score: Score, lookup: EnergyLookup, 
             break
     if state["done"]:
         best = state["parents"][0]
-        state["best"] = _row(Architecture.from_key(best), scores[best], lookup)
-        state["top"] = [_row(Architecture.from_key(k), scores[k], lookup) for k in state["parents"]]
+        state["best"] = _row(space.from_key(best), scores[best], lookup)
+        state["top"] = [_row(space.from_key(k), scores[k], lookup) for k in state["parents"]]
         if state_path:
             _write_json(state_path, state)
     return state
@@ -216,12 +236,7 @@ def pareto_search(space: SearchSpace, score: Score, lookup: EnergyLookup, trials
                                 directions=["maximize", "minimize"], load_if_exists=True)
 
     def objective(trial) -> tuple:
-        from shiftadd.nas.arch import BlockChoice
-
-        blocks = tuple(BlockChoice(trial.suggest_categorical(f"b{i}_op", list(space.ops)),
-                                   float(trial.suggest_categorical(f"b{i}_width", list(space.widths))))
-                       for i in range(space.num_blocks))
-        arch = Architecture(blocks)
+        arch = space.suggest(trial)
         energy = lookup.energy_uj(arch)
         trial.set_user_attr("energy_uj", energy)
         trial.set_user_attr("arch", arch.key())
@@ -236,7 +251,7 @@ def pareto_search(space: SearchSpace, score: Score, lookup: EnergyLookup, trials
     for t in study.best_trials:
         feasible = energy_budget_uj is None or t.user_attrs["energy_uj"] <= energy_budget_uj
         if feasible:
-            arch = Architecture.from_key(t.user_attrs["arch"])
+            arch = space.from_key(t.user_attrs["arch"])
             front.append(_row(arch, t.values[0], lookup))
     front.sort(key=lambda r: r["energy_uj"])
     return {"study": study_name, "trials": len(study.trials), "pareto_front": front}

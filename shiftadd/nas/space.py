@@ -157,6 +157,16 @@ class SearchSpace:
         """Uniform crossover: each block taken from ``a`` or ``b`` with probability 1/2."""
         return Architecture(tuple(x if rng.random() < 0.5 else y for x, y in zip(a.blocks, b.blocks)))
 
+    def from_key(self, key: str) -> Architecture:
+        """The architecture of :meth:`Architecture.key` (the search state stores keys)."""
+        return Architecture.from_key(key)
+
+    def suggest(self, trial: Any) -> Architecture:
+        """The architecture an Optuna ``trial`` suggests (one operator and one width per block)."""
+        return Architecture(tuple(BlockChoice(trial.suggest_categorical(f"b{i}_op", list(self.ops_at(i))),
+                                              float(trial.suggest_categorical(f"b{i}_width", list(self.widths))))
+                                  for i in range(self.num_blocks)))
+
     def as_dict(self) -> Dict[str, Any]:
         return {"depth": self.depth, "ops": list(self.ops), "widths": list(self.widths),
                 "base_width": self.base_width, "attention": self.attention}
