@@ -42,6 +42,17 @@ JOBS: Dict[str, Tuple[str, List[str]]] = {
                      CIFAR + ["--model", "resnet20", "--op", "shiftadd", "--epochs", "40"]),
     "r20-adder": ("ResNet-20 AdderNet, paper 92.02 %", CIFAR + ["--model", "resnet20", "--op", "adder", "--epochs", "100"]),
 }
+#: DeepShift's MNIST table (train from scratch, full MNIST): every layer converted, 5-bit shifts, its recipe
+#: (lr 0.01, batch 64, RAdam for PS); 20 epochs of the shared 10k digits.
+_DEEPSHIFT_MNIST = {"mnist-mlp": ("simple FC", {"conv": 96.92, "shift-q": 97.03, "shift-ps": 98.26}),
+                    "mnist-cnn": ("simple conv", {"conv": 98.75, "shift-q": 98.81, "shift-ps": 99.12})}
+for _model, (_what, _paper) in _DEEPSHIFT_MNIST.items():
+    for _op, _acc in _paper.items():
+        JOBS[f"{_model}-{_op}"] = (
+            f"DeepShift {_what} model, {_op}, paper {_acc} % (full MNIST)",
+            MNIST + ["--model", _model, "--op", _op, "-O", "keep_first_last=false", "--recipe", "deepshift",
+                     "--lr", "0.01", "--epochs", "20", "--batch-size", "64"]
+            + (["--optimizer", "radam"] if _op == "shift-ps" else []))
 
 
 def state(run: Path) -> Optional[dict]:
@@ -98,7 +109,7 @@ def progress_table() -> str:
             "|---|---|---|---:|---:|"]
     for name in JOBS:
         m = state(RUNS / name)
-        if not m:
+        if not m or (RUNS / name / "results.json").is_file():
             continue
         hist = [json.loads(line) for line in (RUNS / name / "metrics.jsonl").read_text().splitlines() if line.strip()]
         vals = [100 * h["val_acc"] for h in hist if "val_acc" in h]
@@ -108,9 +119,25 @@ def progress_table() -> str:
     return "\n".join(rows)
 
 
+def results_table() -> str:
+    """Markdown table of the finished runs: the best-validation model's test accuracy (measured once)."""
+    rows = ["| run | reproduces | best val (epoch) | **test** (best-val model) | test images | epochs | train time |",
+            "|---|---|---:|---:|---:|---:|---:|"]
+    for name, (what, _) in JOBS.items():
+        path = RUNS / name / "results.json"
+        if not path.is_file():
+            continue
+        best = json.loads(path.read_text())["best"]
+        hist = [json.loads(line) for line in (RUNS / name / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        hours = sum(h.get("seconds", 0.0) for h in hist) / 3600
+        rows.append(f"| {name} | {what} | {100 * best['val_acc']:.2f} ({best['epoch']}) | **{100 * best['test_acc']:.2f}** | "
+                    f"{best['test_images']} | {state(RUNS / name)['epoch']} | {hours:.2f} h |")
+    return "\n".join(rows)
+
+
 def cmd_status(a: argparse.Namespace) -> None:
     if a.markdown:
-        print(progress_table())
+        print("Finished:\n\n" + results_table() + "\n\nTraining:\n\n" + progress_table())
         return
     for name, (what, args) in JOBS.items():
         m = state(RUNS / name)
