@@ -23,22 +23,33 @@ from shiftadd.nn.adder import ADDER_TYPES
 def scale_adder_gradients(model: nn.Module, eta: Optional[float] = None) -> int:
     """Rescale every adder layer's ``weight.grad`` in place; returns how many were scaled.
 
-    ``eta`` overrides each layer's own ``eta`` (default 0.2). A zero gradient stays zero.
+    ``eta`` overrides each layer's own ``eta`` (default 0.2). A zero gradient stays zero. Besides adder
+    layers, a module with ``take_adder_parameters()`` (a weight-sharing supernet position) has the
+    parameters that method returns scaled.
     """
     scaled = 0
     for module in model.modules():
-        if not (isinstance(module, ADDER_TYPES) or getattr(module, "adder_adaptive_lr", False)):
+        take = getattr(module, "take_adder_parameters", None)
+        if callable(take):  # e.g. a supernet position: the weights its adder branches used since the last step
+            params = list(take())
+        elif isinstance(module, ADDER_TYPES) or getattr(module, "adder_adaptive_lr", False):
+            params = [module.weight]
+        else:
             continue
-        grad = module.weight.grad
-        if grad is None:
-            continue
-        norm = torch.linalg.vector_norm(grad)
-        e = module.eta if eta is None else eta
-        # Eq. (8): alpha_l = eta * sqrt(k) / ||dL/dF_l||_2 ; guarded against a zero gradient
-        factor = torch.where(norm > 0, e * math.sqrt(grad.numel()) / norm.clamp_min(1e-30), torch.zeros_like(norm))
-        grad.mul_(factor)
-        scaled += 1
+        e = getattr(module, "eta", 0.2) if eta is None else eta
+        for param in params:
+            scaled += _scale(param.grad, e)
     return scaled
+
+
+def _scale(grad: Optional[torch.Tensor], eta: float) -> int:
+    """Eq. (8) in place: ``grad *= eta * sqrt(k) / ||grad||_2`` (a zero gradient stays zero); 1 if scaled."""
+    if grad is None:
+        return 0
+    norm = torch.linalg.vector_norm(grad)
+    factor = torch.where(norm > 0, eta * math.sqrt(grad.numel()) / norm.clamp_min(1e-30), torch.zeros_like(norm))
+    grad.mul_(factor)
+    return 1
 
 
 class AdderAdaptiveLR:

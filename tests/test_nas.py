@@ -163,6 +163,35 @@ def test_shared_mode_really_shares_one_tensor():
     assert not torch.equal(het.full_weight("adder"), het.weight) and het.full_weight("conv") is het.weight
 
 
+@pytest.mark.parametrize("mode", ["separate", "shared"])
+def test_adaptive_lr_reaches_the_adder_branches_the_path_used(mode):
+    """AdderNet's Eq. 8 rescales a supernet position's adder kernel on steps whose path ran it as an adder
+    (and the shift-add adder half), and leaves conv / shift-ps steps alone."""
+    from shiftadd.optim import scale_adder_gradients
+
+    torch.manual_seed(0)
+    net = Supernet(SPACE, mode=mode).train()
+    x = torch.randn(4, 3, 8, 8)
+    conv = net.blocks[0].conv1
+    for ops in ("adder", "shiftadd", "conv", "shift-ps"):
+        arch = Architecture(tuple(BlockChoice(ops, 1.0) for _ in range(SPACE.num_blocks)))
+        net.zero_grad(set_to_none=True)
+        net.run_path(x, arch).square().mean().backward()
+        kernel = conv.weights["adder"] if mode == "separate" else conv.weight
+        raw = {id(p): p.grad.clone() for p in (kernel, conv.shiftadd_adder) if p.grad is not None}
+        scale_adder_gradients(net, eta=0.2)
+        target = {"adder": kernel, "shiftadd": conv.shiftadd_adder}.get(ops)
+        assert target is None or target.grad is not None
+        for p in (kernel, conv.shiftadd_adder):
+            if p.grad is None:
+                continue
+            if p is target:
+                assert math.isclose(float(p.grad.norm()), 0.2 * math.sqrt(p.numel()), rel_tol=1e-4), ops
+            else:  # not used as an adder kernel on this step: untouched
+                assert torch.equal(p.grad, raw[id(p)]), ops
+        assert conv.take_adder_parameters() == []  # the record is consumed by the step
+
+
 def test_path_sampling_is_the_same_on_every_rank_and_resumes_with_the_step():
     # two "ranks": same seed, different weights (different torch seeds) -> the same paths, no communication
     ranks = []

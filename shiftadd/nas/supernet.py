@@ -75,6 +75,20 @@ class SuperConv(nn.Module):
         self.remap = PiecewiseLinearRemap(num_bins) if mode == "heterogeneous" and "adder" in ops else None
         if "shiftadd" in ops:  # the adder half of shift-add: out -> out, its own tensor in every mode
             self.shiftadd_adder = nn.Parameter(torch.randn(out_channels, out_channels, kernel, kernel))
+        self._adder_ops_used: set = set()  # adder / shiftadd branches run in training since the last step
+
+    def take_adder_parameters(self) -> List[nn.Parameter]:
+        """The parameters whose gradient came from adder computations since the last call (then forgets):
+        AdderNet's adaptive learning rate (:func:`shiftadd.optim.scale_adder_gradients`) rescales them.
+        A tensor shared with conv (``shared`` / ``heterogeneous``) is rescaled only on steps whose path used
+        it as an adder kernel."""
+        used, self._adder_ops_used = self._adder_ops_used, set()
+        params = []
+        if "adder" in used:
+            params.append(self.weights["adder"] if self.mode == "separate" else self.weight)
+        if "shiftadd" in used:
+            params.append(self.shiftadd_adder)
+        return params
 
     def full_weight(self, op: str) -> torch.Tensor:
         """The float weight operator ``op`` reads at full size (before slicing and power-of-two rounding)."""
@@ -93,6 +107,8 @@ class SuperConv(nn.Module):
 
         w = self.weight_for(op, out_n, x.shape[1])
         s, p = (self.stride, self.stride), (self.padding, self.padding)
+        if self.training and op in ("adder", "shiftadd") and torch.is_grad_enabled():
+            self._adder_ops_used.add(op)
         if op == "conv":
             return F.conv2d(x, w, None, s, p)
         if op == "adder":
