@@ -8,19 +8,24 @@ tr, te = load_dataset("embedded")
 space = SearchSpace(depth=20)
 torch.manual_seed(0)
 net = Supernet(space, mode=sys.argv[1]).train()
-opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+opt = torch.optim.SGD(net.parameters(), lr=float(__import__("os").environ.get("LR", "0.1")), momentum=0.9, weight_decay=1e-4)
 fixed = sys.argv[2] if len(sys.argv) > 2 else None
 loader = BatchLoader(tr, 64, shuffle=True)
 step = 0
 t = time.time()
-for epoch in range(3):
+for epoch in range(100):
     loader.set_epoch(epoch)
     for x, y in loader:
         rng = np.random.default_rng(step)
         if fixed == "randop":
             out = net.run_path(x, Architecture(tuple(BlockChoice(str(rng.choice(["conv","adder","shift-ps","shiftadd"])), 1.0) for _ in range(space.num_blocks))))
+        elif fixed == "fixedmix":
+            r0 = np.random.default_rng(123)
+            out = net.run_path(x, Architecture(tuple(BlockChoice(str(r0.choice(["conv","adder","shift-ps","shiftadd"])), 1.0) for _ in range(space.num_blocks))))
         elif fixed == "randwidth":
             out = net.run_path(x, Architecture(tuple(BlockChoice("conv", float(rng.choice([0.5,0.75,1.0]))) for _ in range(space.num_blocks))))
+        elif fixed == "convshift":
+            out = net.run_path(x, Architecture(tuple(BlockChoice(str(rng.choice(["conv","shift-ps"])), 1.0) for _ in range(space.num_blocks))))
         elif fixed == "convadder":
             out = net.run_path(x, Architecture(tuple(BlockChoice(str(rng.choice(["conv","adder"])), 1.0) for _ in range(space.num_blocks))))
         elif fixed:
@@ -32,4 +37,4 @@ for epoch in range(3):
         step += 1
         if step % 10 == 0:
             print(step, round(loss.item(), 3), f"max|logit| {out.abs().max().item():.1f}", f"{time.time()-t:.0f}s", flush=True)
-        if step >= 60: sys.exit()
+        if step >= int(__import__("os").environ.get("STEPS", "60")): sys.exit()
