@@ -1,3 +1,11 @@
+"""Probe of supernet training (docs/nas.md, Results): ``[LR=0.1] [STEPS=60] python supernet_path_probe.py MODE [PATHS]``.
+
+MODE: separate | shared | heterogeneous. PATHS: an operator (every block that operator, width 1.0: a fixed
+path), ``randop`` (a random operator per block each step), ``convadder`` / ``convshift`` (random between two),
+``randwidth`` (conv, random widths), ``fixedmix`` (one random mix kept for every step); omitted: the
+supernet's own uniform sampling. SGD momentum 0.9, batch 64 of the embedded CIFAR-10 training images,
+AdderNet's adaptive LR; prints the loss every 10 steps.
+"""
 import torch, numpy as np, sys, time
 import torch.nn.functional as F
 torch.set_num_threads(1)
