@@ -83,12 +83,19 @@ def run_one(name: str, args: List[str], deadline: float) -> Tuple[str, str]:
     with open(log, "w") as fh:
         fh.write(" ".join(["shiftadd", "train", *argv]) + "\n")
         fh.flush()
+        # SIGINT back to its default in the child: a script started with `&` / nohup has it ignored, and
+        # Python then never raises KeyboardInterrupt, so the stop below would be lost
         proc = subprocess.Popen([sys.executable, "-m", "shiftadd.cli", "train", *argv], stdout=fh,
-                                stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+                                stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         while proc.poll() is None:
             if time.time() > deadline:  # SIGINT: the trainer keeps the last complete epoch's checkpoint
                 proc.send_signal(signal.SIGINT)
-                proc.wait()
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:  # checkpoints are atomic: at most the running epoch is lost
+                    proc.terminate()
+                    proc.wait()
                 return name, "stopped at the time limit"
             time.sleep(5)
     return name, "finished" if finished(run) else f"exit {proc.returncode} (see {log})"
