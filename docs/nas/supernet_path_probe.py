@@ -1,10 +1,10 @@
-"""Probe of supernet training (docs/nas.md, Results): ``[LR=0.1] [STEPS=60] python supernet_path_probe.py MODE [PATHS]``.
+"""Probe of supernet training (docs/nas.md, Results): ``[LR=0.1] [STEPS=60] [CLIP=c] [ETA=0] python supernet_path_probe.py MODE [PATHS]``.
 
 MODE: separate | shared | heterogeneous. PATHS: an operator (every block that operator, width 1.0: a fixed
 path), ``randop`` (a random operator per block each step), ``convadder`` / ``convshift`` (random between two),
 ``randwidth`` (conv, random widths), ``fixedmix`` (one random mix kept for every step); omitted: the
 supernet's own uniform sampling. SGD momentum 0.9, batch 64 of the embedded CIFAR-10 training images,
-AdderNet's adaptive LR; prints the loss every 10 steps.
+AdderNet's adaptive LR (ETA=0: off), optional gradient clipping (CLIP); prints the loss every 10 steps.
 """
 import torch, numpy as np, sys, time
 import torch.nn.functional as F
@@ -41,7 +41,7 @@ for epoch in range(100):
         else:
             out = net(x)
         loss = F.cross_entropy(out, y)
-        opt.zero_grad(); loss.backward(); scale_adder_gradients(net, 0.2); opt.step()
+        opt.zero_grad(); loss.backward(); (scale_adder_gradients(net, 0.2) if __import__("os").environ.get("ETA", "1") == "1" else None); (torch.nn.utils.clip_grad_norm_(net.parameters(), float(__import__("os").environ["CLIP"])) if "CLIP" in __import__("os").environ else None); opt.step()
         step += 1
         if step % 10 == 0:
             print(step, round(loss.item(), 3), f"max|logit| {out.abs().max().item():.1f}", f"{time.time()-t:.0f}s", flush=True)
