@@ -527,36 +527,12 @@ def test_cli_errors_exit_2_with_one_line(supernet_run, tmp_path, capsys):
         assert message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_two_process_supernet_training_matches_one_process(tmp_path):
+def test_two_process_supernet_training_matches_one_process(one_and_two_processes):
     """torchrun --nproc_per_node 2 (gloo): every rank samples the same paths; the result is the 1-process one."""
-    import os
-    import shutil
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from shiftadd.train import load_checkpoint
-
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not found")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     args = ["train", "--model", "supernet-resnet8", "-O", "width=2", "-O", "widths=[0.5,1.0]", "-O", "seed=3",
             "--dataset", "embedded", "--subset", "64", "--test-subset", "100", "--epochs", "1", "--batch-size", "16",
             "--threads", "1", "--device", "cpu", "--no-progress"]
-    root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    one = subprocess.run([sys.executable, "-m", "shiftadd.cli", *args, "--out", str(tmp_path / "one")],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-                          str(port), "-m", "shiftadd.cli", *args, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert two.returncode == 0, two.stderr[-2000:]
-    a, b = load_checkpoint(str(tmp_path / "one")), load_checkpoint(str(tmp_path / "two"))
+    a, b = one_and_two_processes(args)
     assert b.meta["world_size"] == 2 and int(a.model_state["sample_step"]) == int(b.model_state["sample_step"]) == 4
     assert b.meta["history"][0]["train_loss"] == pytest.approx(a.meta["history"][0]["train_loss"], rel=1e-3)
     for k, v in a.model_state.items():

@@ -389,39 +389,15 @@ def test_cli_supernet_resume_search_show_and_retrain(corpus, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_two_process_supertransformer_training_matches_one_process(corpus, tmp_path):
+def test_two_process_supertransformer_training_matches_one_process(corpus, one_and_two_processes):
     """torchrun --nproc_per_node 2 (gloo) with the trainer's translation task: the 1-process result
     (about 50 s: three processes start; run with -m slow)."""
-    import os
-    import shutil
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from shiftadd.train import load_checkpoint
-
     pytest.importorskip("sentencepiece")
     pytest.importorskip("sacrebleu")
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not found")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     args = ["train", "--task", "translation", "--model", "supertransformer", "-O", f"space={json.dumps(SMALL.as_dict())}",
             "-O", "seed=3", "-O", "dropout=0.0", "--data-dir", str(corpus), "--vocab-size", "50", "--max-tokens", "64",
             "--epochs", "1", "--warmup-steps", "4", "--beam", "1", "--threads", "1", "--device", "cpu", "--no-progress"]
-    root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    one = subprocess.run([sys.executable, "-m", "shiftadd.cli", *args, "--out", str(tmp_path / "one")],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-                          str(port), "-m", "shiftadd.cli", *args, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert two.returncode == 0, two.stderr[-2000:]
-    a, b = load_checkpoint(str(tmp_path / "one")), load_checkpoint(str(tmp_path / "two"))
+    a, b = one_and_two_processes(args)
     assert b.meta["world_size"] == 2 and int(a.model_state["sample_step"]) == int(b.model_state["sample_step"]) > 0
     assert b.meta["history"][0]["train_loss"] == pytest.approx(a.meta["history"][0]["train_loss"], rel=1e-3)
     for k, v in a.model_state.items():

@@ -1,9 +1,6 @@
 """Training: recipes, schedules, optimizer groups, checkpoints, exact resume, divergence, DDP."""
 import json
 import os
-import shutil
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -267,30 +264,12 @@ def create_copy(module):
     return copy.deepcopy(module)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_process_ddp_matches_one_process(tmp_path):
+def test_two_process_ddp_matches_one_process(one_and_two_processes):
     """torchrun --nproc_per_node 2 (gloo, CPU) gives the single-process result at the same global batch."""
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not found")
     args = ["train", "--model", "resnet8", "--op", "adder", "-O", "width=4", "--dataset", "embedded",
             "--subset", "64", "--test-subset", "200", "--epochs", "2", "--batch-size", "32",
             "--recipe", "addernet", "--threads", "1", "--device", "cpu", "--no-progress"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    one = subprocess.run([sys.executable, "-m", "shiftadd.cli", *args, "--out", str(tmp_path / "one")],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                          "--master_port", str(_free_port()), "-m", "shiftadd.cli", *args,
-                          "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert two.returncode == 0, two.stderr[-2000:]
-    a, b = load_checkpoint(str(tmp_path / "one")), load_checkpoint(str(tmp_path / "two"))
+    a, b = one_and_two_processes(args)
     assert b.meta["world_size"] == 2 and a.meta["world_size"] == 1
     for ha, hb in zip(a.meta["history"], b.meta["history"]):
         assert hb["train_loss"] == pytest.approx(ha["train_loss"], rel=1e-4)
