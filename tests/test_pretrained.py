@@ -56,8 +56,8 @@ def test_missing_name_and_missing_tensor_file(weights_dir):
     os.remove(weights_dir / "tiny-mlp.safetensors")
     with pytest.raises(CheckpointError, match="tensor file .* is missing"):
         P.load_pretrained("tiny-mlp")
-    with pytest.raises(UserError, match="no pretrained weights for model 'resnet20'"):
-        P.find_pretrained("resnet20", "adder")
+    with pytest.raises(UserError, match="no pretrained weights for model 'resnet44'"):
+        P.find_pretrained("resnet44", "adder")
 
 
 def test_card_without_required_fields_is_refused(weights_dir):
