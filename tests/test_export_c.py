@@ -180,6 +180,32 @@ def test_whole_resnet8_c_equals_reference_on_real_images(op, shortcut, tmp_path)
         assert "pad_channels" in [o.kind for o in net.ops]
 
 
+@needs_cc
+def test_adder_weights_far_beyond_the_activations_fold_exactly_into_the_bias(tmp_path):
+    """Trained adder filters grow far beyond the activations: with ``adder_range="folded"`` the scale
+    follows the activations and the clipped weight distance joins the requantization bias (C still
+    bit-exact); ``"max"`` spends the int8 codes on the weights and loses the activations."""
+    from shiftadd.models import create
+
+    torch.manual_seed(0)
+    model = create("resnet8", op="adder", width=8)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, AdderConv2d):
+                m.weight.mul_(15.0)  # max|w| ~ 40-60, as in a trained AdderNet
+    calib, images, _ = _embedded()
+    _recalibrate_bn(model, calib)
+    net, _ = _c_matches_reference(model, images, tmp_path)  # default: folded
+    assert any(bool(o.params["offset"].any()) for o in net.ops if o.kind == "adder")
+    coarse = build_integer_network(model, images, adder_range="max")
+    with torch.no_grad():
+        ref = model(images).double()
+    err = {name: float((n.predict_float(images) - ref).abs().max()) for name, n in (("folded", net), ("max", coarse))}
+    assert err["folded"] < 0.25 * err["max"], err
+    with pytest.raises(UserError, match="adder_range must be one of"):
+        build_integer_network(model, images, adder_range="weights")
+
+
 def _train_briefly(model, steps=60, seed=0):
     from shiftadd.data import BatchLoader, load_dataset
 

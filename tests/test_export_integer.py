@@ -64,8 +64,8 @@ def test_integer_modules_match_float_layers(kernel_path):
     torch.testing.assert_close(E.to_integer_module(sl)(xi), sl(xi), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("scale", ["pow2", "free"])
-def test_int8_module_reproduces_shared_scale_quantizer(kernel_path, scale):
+@pytest.mark.parametrize("scale,range_from", [("pow2", "max"), ("free", "max"), ("pow2", "folded"), ("free", "folded")])
+def test_int8_module_reproduces_shared_scale_quantizer(kernel_path, scale, range_from):
     # shiftadd.quant's shared-scale simulation (fake quantization in float) vs the int8 kernel
     from shiftadd.nn import AdderConv2d, AdderLinear
     from shiftadd.quant import shared_scale
@@ -73,7 +73,14 @@ def test_int8_module_reproduces_shared_scale_quantizer(kernel_path, scale):
     torch.manual_seed(1)
     model = torch.nn.Sequential(AdderConv2d(8, 8, 3, padding=1), torch.nn.Flatten(), AdderLinear(8 * 36, 5)).eval()
     x = torch.randn(3, 8, 6, 6)
-    shared_scale(model, 8, [x], scale=scale)
+    if range_from == "folded":  # weights far beyond the inputs: folded offsets in both layers
+        with torch.no_grad():
+            model[0].weight.mul_(3 * x.abs().max() / model[0].weight.abs().max())
+            feature_max = model[1](model[0](x)).abs().max()
+            model[2].weight.mul_(3 * feature_max / model[2].weight.abs().max())
+    shared_scale(model, 8, [x], scale=scale, range_from=range_from)
+    if range_from == "folded":
+        assert all(bool(m.shared_quantizer.weight_codes(m.weight)[1].any()) for m in (model[0], model[2]))
     with torch.no_grad():
         sim_conv = model[0](x)
         sim = model(x)

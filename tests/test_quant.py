@@ -378,6 +378,62 @@ def test_shared_scale_range_from_weight_clips_inputs():
     torch.testing.assert_close(y, ref)
 
 
+def test_fold_adder_codes_is_exact_for_every_in_range_input():
+    from shiftadd.quant import fold_adder_codes
+
+    torch.manual_seed(0)
+    codes = torch.randint(-400, 400, (5, 3, 2, 2))
+    clipped, distance = fold_adder_codes(codes, -127, 127)
+    assert int(clipped.abs().max()) <= 127 and distance.shape == (5,) and int(distance.min()) >= 0
+    x = torch.randint(-127, 128, (7, 12)).double()
+    full = -torch.cdist(x, codes.reshape(5, -1).double(), p=1)
+    folded = -torch.cdist(x, clipped.reshape(5, -1).double(), p=1) - distance.double()
+    assert torch.equal(full, folded)
+    assert torch.equal(fold_adder_codes(codes.clamp(-127, 127), -127, 127)[1], torch.zeros(5, dtype=torch.int64))
+    x = torch.randint(-128, 128, (7, 12)).double()  # asymmetric range: [-128, 127]
+    clipped, distance = fold_adder_codes(codes, -128, 127)
+    assert torch.equal(-torch.cdist(x, codes.reshape(5, -1).double(), p=1),
+                       -torch.cdist(x, clipped.reshape(5, -1).double(), p=1) - distance.double())
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_shared_scale_folded_keeps_the_input_resolution_and_the_far_weights(kind):
+    """Weights far beyond the activations (as in trained adder networks): ``folded`` equals the adder on
+    unclipped weight codes at the input's scale, where ``input`` clips them and ``max`` coarsens the input."""
+    torch.manual_seed(0)
+    layer = AdderConv2d(4, 6, 3, padding=1) if kind == "conv" else AdderLinear(12, 6)
+    with torch.no_grad():
+        layer.weight.mul_(20.0)  # max|w| ~ 60 against max|x| ~ 3
+    shape = (3, 4, 5, 5) if kind == "conv" else (3, 12)
+    batches = [torch.randn(*shape) for _ in range(3)]
+    x = batches[0]
+    op = (lambda a, w: adder_conv2d(a, w, padding=1)) if kind == "conv" else adder_linear
+    outs = {}
+    for rng in ("folded", "input", "max"):
+        q = copy.deepcopy(layer)
+        shared_scale(q, 8, batches, range_from=rng)
+        outs[rng] = q.eval()(x)
+    s = max(b.abs().max().item() for b in batches) / 127
+    qx = torch.round(x.double() / s).clamp(-128, 127)
+    exact = op(qx, torch.round(layer.weight.detach().double() / s)) * s  # no weight code clipped
+    torch.testing.assert_close(outs["folded"].double(), exact, rtol=1e-6, atol=1e-3)
+    ref = op(x.double(), layer.weight.detach().double())
+    err = {k: float((v.double() - ref).abs().max()) for k, v in outs.items()}
+    assert err["folded"] < 0.25 * err["max"] and err["folded"] < 0.01 * err["input"], err
+    # integer codes + offset reproduce the simulation; the far weights still get a gradient (QAT)
+    q = copy.deepcopy(layer)
+    shared_scale(q, 8, batches, range_from="folded")
+    qx2, qw, s2 = q.shared_quantizer.integer_codes(q, x)
+    _, distance = q.shared_quantizer.weight_codes(q.weight)
+    acc = op(qx2.double(), qw.double())
+    acc = acc - (distance.double() if kind == "linear" else distance.double().view(1, -1, 1, 1))
+    torch.testing.assert_close(q(x).double(), acc * float(s2), rtol=1e-6, atol=1e-3)
+    q.train()
+    q(x).sum().backward()
+    far = q.weight.detach().abs() > 127 * s
+    assert bool(far.any()) and bool((q.weight.grad[far] != 0).all())
+
+
 def test_shared_scale_state_dict_round_trip_and_uncalibrated_error():
     torch.manual_seed(0)
     net = nn.Sequential(AdderConv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), AdderConv2d(4, 4, 3, padding=1))

@@ -147,8 +147,11 @@ def test_quantize_command_reports_accuracy_per_bit_width(capsys, base_run):
     code = main(["quantize", "--checkpoint", str(base_run), "--bits", "16,4", "--json", "--threads", "1"])
     out = json.loads(capsys.readouterr().out)
     acc = out["accuracy"]
-    assert code == 0 and set(acc) == {"float", "int16", "int4"}
+    assert code == 0 and set(acc) == {"float", "int16", "int4"} and out["range"] == "folded"
     assert abs(acc["int16"] - acc["float"]) <= 0.02  # 16 bits: at most one test image in 50 flips
+    assert main(["quantize", "--checkpoint", str(base_run), "--bits", "16", "--range", "max", "--json",
+                 "--threads", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["range"] == "max"
     with pytest.raises(SystemExit) as exc:  # argparse's own error: one line, exit 2
         main(["quantize", "--checkpoint", str(base_run), "--bits", "1"])
     code, err = exc.value.code, capsys.readouterr().err

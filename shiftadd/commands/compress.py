@@ -52,6 +52,9 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="run directory of the trained model")
     p.add_argument("--bits", type=_bit_list, default=[16, 8, 6, 4], help="comma-separated widths (default 16,8,6,4)")
     p.add_argument("--scale", default="free", help="free (default) or pow2 (a power-of-two scale: pure integer adders)")
+    p.add_argument("--range", dest="range_from", default="folded", choices=("folded", "max", "input", "weight"),
+                   help="what the shared scale covers: folded (default: the inputs; weights beyond them folded into "
+                        "the output exactly), max (inputs and weights, the paper's), input, weight")
     p.add_argument("--calibration-batches", dest="calibration_batches", type=_positive_int, default=4, metavar="N",
                    help="training batches (of 128, no augmentation) that set the input ranges (default 4)")
     p.add_argument("--data-dir", dest="data_dir", default=None, help="where the data set lives now")
@@ -139,12 +142,14 @@ def _cmd_quantize(args) -> int:
     if args.test_subset is not None and args.test_subset < 0:
         raise UserError(f"--test-subset must be >= 0, got {args.test_subset}")
     res = shared_scale_sweep(args.checkpoint, args.bits, args.scale, args.calibration_batches, args.data_dir,
-                             args.test_subset)
+                             args.test_subset, args.range_from)
     n = res.pop("test_images")
     if args.json:
-        print(json.dumps({"checkpoint": args.checkpoint, "scale": args.scale, "test_images": n, "accuracy": res}))
+        print(json.dumps({"checkpoint": args.checkpoint, "scale": args.scale, "range": args.range_from,
+                          "test_images": n, "accuracy": res}))
         return 0
-    print(f"shared-scale adder quantization ({args.scale} scale) of {args.checkpoint}, {n} test images:")
+    print(f"shared-scale adder quantization ({args.scale} scale, {args.range_from} range) of {args.checkpoint}, "
+          f"{n} test images:")
     for k, v in res.items():
         print(f"  {k:>6}: {100 * v:6.2f}%" + ("" if k == "float" else f"  ({100 * (v - res['float']):+.2f})"))
     return 0

@@ -24,6 +24,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for model.h, model.c and export.json")
     p.add_argument("--calib", type=int, default=256, metavar="N", help="calibration images (default 256)")
     p.add_argument("--bits", type=int, default=8, help="activation / weight bits, 2..8 (default 8)")
+    p.add_argument("--adder-range", dest="adder_range", choices=("folded", "max"), default="folded",
+                   help="what an adder layer's shared scale covers: the activations, with the weights beyond "
+                        "them folded into the bias exactly (default), or max(activations, weights)")
     p.add_argument("--verify", type=int, default=0, metavar="N",
                    help="compile with the host cc and check N test images bit for bit (default 0: skip)")
     p.add_argument("--data-dir", dest="data_dir", default=None, help="where the run's data set lives now")
@@ -74,9 +77,9 @@ def _cmd_export(args) -> int:
     config = checkpoint_config(args.checkpoint, args.data_dir)
     train, test = load_data(config)
     model, _, _ = load_trained_model(args.checkpoint, "cpu", (train, test))
-    net = export_c(model, calibration_batch(train, args.calib), args.out, bits=args.bits)
+    net = export_c(model, calibration_batch(train, args.calib), args.out, bits=args.bits, adder_range=args.adder_range)
     report: Dict[str, Any] = {
-        "out": args.out, "model": config.model, "op": config.op, "bits": args.bits,
+        "out": args.out, "model": config.model, "op": config.op, "bits": args.bits, "adder_range": args.adder_range,
         "input_frac": net.input_frac, "logit_frac": net.logit_frac, "arena_bytes": arena_bytes(net),
         "ops": len(net.ops), "multiplications": net.multiplications(),
         "normalisation": {"mean": list(train.mean), "std": list(train.std)},

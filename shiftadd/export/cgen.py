@@ -495,10 +495,12 @@ def write_c(net: IntegerNetwork, out_dir: str) -> Dict[str, str]:
     return paths
 
 
-def export_c(model: nn.Module, calib_images: torch.Tensor, out_dir: str, bits: int = 8) -> IntegerNetwork:
-    """Quantize ``model`` on ``calib_images`` (float, normalised) and write its C library into ``out_dir``.
+def export_c(model: nn.Module, calib_images: torch.Tensor, out_dir: str, bits: int = 8,
+             adder_range: str = "folded") -> IntegerNetwork:
+    """Quantize ``model`` on ``calib_images`` (float, normalised) and write its C library into ``out_dir``
+    (``adder_range``: see :func:`~shiftadd.export.intnet.build_integer_network`).
 
     Returns the :class:`IntegerNetwork` the C code reproduces bit for bit."""
-    net = build_integer_network(model, calib_images, bits)
+    net = build_integer_network(model, calib_images, bits, adder_range)
     write_c(net, out_dir)
     return net

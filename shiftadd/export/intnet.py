@@ -8,7 +8,10 @@ into int8 (or into the int32 logits):
 * ``conv`` (nn.Conv2d / nn.Linear, the zoo's multiplicative first and last layers): int8 weights
   with one scale per output channel, ``acc = sum qx * qw`` (multiplications, counted);
 * ``adder``: input and weight share the input's scale 2^-f (the AdderNet hardware scheme):
-  ``qw = clamp(round(w * 2^f))``, ``acc = -sum |qx - qw|`` (zero padding is qx = 0);
+  ``qw = clamp(round(w * 2^f))``, ``acc = -sum |qx - qw|`` (zero padding is qx = 0); with
+  ``adder_range="folded"`` (default) f is set by the activations alone and the distance clipped off
+  the weights goes into the requantization bias, exactly (:func:`shiftadd.quant.fold_adder_codes`);
+  with ``"max"`` f also covers max|w| (nothing is clipped, activations get coarser codes);
 * ``shift``: w = sign * 2^p, ``acc = sum sign * (qx << (p + e))``; e = -min p, lowered while the
   worst case would overflow int32, in which case taps with p + e < 0 use a rounded right shift;
 * ``sumpool``: the window sum of an average pool (the division happens in the requantization);
@@ -24,8 +27,8 @@ into int8 (or into the int32 logits):
   checks): exact on codes.
 
 Scales come from a calibration batch: every tensor's frac is the largest f with
-max|x| * 2^f <= 127 (max-abs calibration); a tensor read by an adder layer also covers that
-layer's weights (one shared scale). Tensors joined by scale-preserving ops (ReLU, max-pool,
+max|x| * 2^f <= 127 (max-abs calibration); with ``adder_range="max"`` a tensor read by an adder
+layer also covers that layer's weights. Tensors joined by scale-preserving ops (ReLU, max-pool,
 flatten) share one frac. The logits get the largest frac with max|logit| * 2^f <= 2^30.
 """
 from __future__ import annotations
@@ -44,6 +47,7 @@ from shiftadd.export.graph import Node, UnsupportedModelError, record_max_abs, t
 QMAX = 127
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 ACCUMULATING = ("conv", "adder", "shift", "sumpool")
+ADDER_RANGES = ("folded", "max")
 
 
 @dataclass
@@ -93,9 +97,13 @@ def _round_shift(x: torch.Tensor, k: int) -> torch.Tensor:
 class IntegerNetwork:
     """The integer model the C code mirrors (build with :func:`build_integer_network`)."""
 
-    def __init__(self, input_shape: Tuple[int, int, int], num_classes: int, bits: int = 8) -> None:
+    def __init__(self, input_shape: Tuple[int, int, int], num_classes: int, bits: int = 8,
+                 adder_range: str = "folded") -> None:
         if not 2 <= int(bits) <= 8:
             raise UserError(f"bits must be in [2, 8] (activations are stored as int8), got {bits}")
+        if adder_range not in ADDER_RANGES:
+            raise UserError(f"adder_range must be one of {', '.join(ADDER_RANGES)}, got {adder_range!r}")
+        self.adder_range = adder_range
         self.bits = int(bits)
         self.qmax = 2 ** (self.bits - 1) - 1
         self.input_shape = input_shape
@@ -318,10 +326,12 @@ def _layer_weight(node: Node) -> Tuple[torch.Tensor, Optional[torch.Tensor], Dic
                      "groups": int(m.groups), "linear": False}
 
 
-def build_integer_network(model: nn.Module, calib_images: torch.Tensor, bits: int = 8) -> IntegerNetwork:
+def build_integer_network(model: nn.Module, calib_images: torch.Tensor, bits: int = 8,
+                          adder_range: str = "folded") -> IntegerNetwork:
     """Lower ``model`` (eval mode) to an :class:`IntegerNetwork` calibrated on ``calib_images``
     (a float batch (N, C, H, W), normalised as the model expects); ``bits`` (2..8) is the width
-    of activations and conv/adder weights (codes in [-(2^(bits-1) - 1), 2^(bits-1) - 1])."""
+    of activations and conv/adder weights (codes in [-(2^(bits-1) - 1), 2^(bits-1) - 1]);
+    ``adder_range``: what an adder layer's shared scale covers (see the module docstring)."""
     if not isinstance(calib_images, torch.Tensor) or calib_images.dim() != 4 or not calib_images.is_floating_point():
         raise UserError("calibration images must be a float tensor (N, C, H, W)")
     model = model.eval()
@@ -331,7 +341,7 @@ def build_integer_network(model: nn.Module, calib_images: torch.Tensor, bits: in
     input_shape = tuple(int(s) for s in calib.shape[1:])
     with torch.no_grad():
         num_classes = int(model(calib[:1]).reshape(1, -1).shape[1])
-    net = IntegerNetwork(input_shape, num_classes, bits)
+    net = IntegerNetwork(input_shape, num_classes, bits, adder_range)
     _Lowering(net, nodes, max_abs).run()
     _finalize(net)
     return net
@@ -433,7 +443,7 @@ class _Lowering:
         geom.update(cin=cin, cout=O, kh=kh, kw=kw, H=H, W=W, OH=OH, OW=OW)
         acc = self.net._tensor((O, OH, OW), "int32")
         self.op(n.kind, n.name, [x.name], acc, geom=geom, weight=w)
-        if n.kind == "adder":  # the input's shared scale must also cover the weights
+        if n.kind == "adder" and self.net.adder_range == "max":  # the input's shared scale also covers the weights
             g = x.group
             self.net._group_max[g] = max(self.net._group_max[g], float(w.abs().max()))
         b = torch.zeros(O, dtype=torch.float64) if bias is None else bias
@@ -534,7 +544,8 @@ def _finalize(net: IntegerNetwork) -> None:
             acc_scale[op.output] = torch.full((C,), 2.0 ** -fin / op.params["count"], dtype=torch.float64)
             op.params["bound"] = net.qmax * op.params["count"]
         elif op.kind == "requant":
-            _requant_constants(net, op, acc_scale[op.inputs[0]])
+            producer = next(o for o in net.ops if o.output == op.inputs[0])
+            _requant_constants(net, op, acc_scale[op.inputs[0]], producer.params.get("offset"))
         elif op.kind == "add":
             fo = net.tensors[op.output].frac
             a, b = (net.tensors[i].frac for i in op.inputs)
@@ -555,9 +566,11 @@ def _quantize_layer(op: Op, fin: int, qmax: int) -> torch.Tensor:
         op.params["bound"] = int(q.reshape(O, -1).abs().sum(1).max()) * qmax
         op.params["macs"] = _valid_taps(g) * (g["cin"] // g["groups"]) * O
         return sw * 2.0 ** -fin
-    if op.kind == "adder":
-        q = torch.round(w * 2.0 ** fin).clamp(-qmax, qmax)
-        op.params["qweight"] = q.to(torch.int8)
+    if op.kind == "adder":  # the true accumulator is acc - offset (fold_adder_codes; zero offset when w fits)
+        from shiftadd.quant.shared import fold_adder_codes
+
+        q, offset = fold_adder_codes(torch.round(w * 2.0 ** fin), -qmax, qmax)
+        op.params["qweight"], op.params["offset"] = q.to(torch.int8), offset.to(torch.int64)
         op.params["bound"] = int((q.reshape(O, -1).abs() + qmax).sum(1).max())
         return torch.full((O,), 2.0 ** -fin, dtype=torch.float64)
     # shift: w = sign * 2^p
@@ -594,12 +607,14 @@ def _valid_taps(g: Dict[str, Any]) -> int:
             * axis(g["W"], g["kw"], g["stride"][1], g["padding"][1], g["dilation"][1], g["OW"]))
 
 
-def _requant_constants(net: IntegerNetwork, op: Op, S: torch.Tensor) -> None:
+def _requant_constants(net: IntegerNetwork, op: Op, S: torch.Tensor, offset: Optional[torch.Tensor] = None) -> None:
+    """``offset``: subtracted from the accumulator (an adder's folded weight distance), joins the bias."""
     p = op.params
     out = net.tensors[op.output]
     fo = out.frac
     m = S * p["a"] * 2.0 ** fo  # code = round(acc * m + beta)
-    beta = p["b"] * 2.0 ** fo
+    b = p["b"] if offset is None else p["b"] - offset.double() * S * p["a"]
+    beta = b * 2.0 ** fo
     if p["logits"]:
         p["lo"], p["hi"] = INT32_MIN, INT32_MAX
     else:

@@ -94,7 +94,7 @@ class _SharedScaleInt8(nn.Module):
     """Shared-scale quantization of an adder layer's input and weight to int8 codes.
 
     Either the layer's own :class:`shiftadd.quant.SharedScaleQuantizer` (``layer.shared_quantizer``,
-    its calibrated scale and rounding, so the result equals that quantizer's simulation), or
+    its calibrated scale, rounding and weight folding, so the result equals that quantizer's simulation), or
     s = max(act_max, max|w|) / 127 with ``act_max`` from :meth:`calibrate` / the constructor, or
     from each batch when unset (dynamic).
     """
@@ -104,11 +104,17 @@ class _SharedScaleInt8(nn.Module):
         self.bits = int(bits)
         self.act_max = None if act_max is None else float(act_max)
         self.spec, self.fixed_scale = None, None
+        self.register_buffer("weight_offset", None)  # D of a "folded" shared scale (fold_adder_codes)
+        self._fixed_codes: Optional[torch.Tensor] = None
         if quantizer is not None:
             if quantizer.spec.bits > 8:
                 raise ValueError(f"the int8 kernels need <= 8 bits, the layer's shared scale has {quantizer.spec.bits}")
             self.spec, self.bits = quantizer.spec, quantizer.spec.bits
             self.fixed_scale = quantizer.scale(self.weight)  # float64 scalar tensor
+            codes, distance = quantizer.weight_codes(self.weight, self.fixed_scale)
+            self._fixed_codes = codes.to(torch.int8)
+            if bool(distance.any()):
+                self.weight_offset = distance
         self._cache: Optional[Tuple[float, torch.Tensor]] = None
 
     @torch.no_grad()
@@ -134,6 +140,8 @@ class _SharedScaleInt8(nn.Module):
         return quantize_symmetric(t, s, self.bits)
 
     def _qweight(self, s: float) -> torch.Tensor:
+        if self._fixed_codes is not None:
+            return self._fixed_codes
         if self._cache is None or self._cache[0] != s:
             self._cache = (s, self._codes(self.weight, s))
         return self._cache[1]
@@ -162,8 +170,10 @@ class IntAdderConv2d(_SharedScaleInt8, _IntConv2d):
 
     def _output(self, x: torch.Tensor) -> torch.Tensor:
         s = self.scale(x)
-        return int_adder_conv2d(self._codes(x, s), self._qweight(s), self.stride, self.padding,
-                                self.dilation, self.groups).float() * s
+        acc = int_adder_conv2d(self._codes(x, s), self._qweight(s), self.stride, self.padding, self.dilation, self.groups)
+        if self.weight_offset is not None:
+            acc = acc - self.weight_offset.view(1, -1, 1, 1).to(acc.dtype)
+        return acc.float() * s
 
     def extra_repr(self) -> str:
         return (f"{self._geometry_repr(self.weight.shape)}, bits={self.bits}, "
@@ -189,7 +199,10 @@ class IntAdderLinear(_SharedScaleInt8):
         s = self.scale(x)
         lead = x.shape[:-1]
         qx = self._codes(x.reshape(1, -1, x.shape[-1]), s)
-        y = int_adder_matmul(qx, self._qweight(s).unsqueeze(0)).float().reshape(*lead, -1) * s
+        acc = int_adder_matmul(qx, self._qweight(s).unsqueeze(0))
+        if self.weight_offset is not None:
+            acc = acc - self.weight_offset.to(acc.dtype)
+        y = acc.float().reshape(*lead, -1) * s
         return y + self.bias if self.bias is not None else y
 
     def extra_repr(self) -> str:

@@ -18,7 +18,7 @@ from shiftadd.quant.functional import (
 )
 from shiftadd.quant.hooks import KINDS, LayerTransform, layer_kind
 from shiftadd.quant.qat import LayerQuantizer, dequantize_model, quantize_model, quantized_layers, select_layers
-from shiftadd.quant.shared import SharedScaleQuantizer, calibrate, evaluate_bit_widths, shared_scale
+from shiftadd.quant.shared import SharedScaleQuantizer, calibrate, evaluate_bit_widths, fold_adder_codes, shared_scale
 
 __all__ = [
     "TensorQuant", "QuantConfig", "preset", "fixed_point_config", "as_config", "PRESETS", "ROUNDINGS", "SCALES",
@@ -27,6 +27,6 @@ __all__ = [
     "pow2_frac_bits", "fixed_point_format",
     "quantize_model", "dequantize_model", "quantized_layers", "select_layers", "LayerQuantizer", "LayerTransform",
     "layer_kind",
-    "shared_scale", "calibrate", "evaluate_bit_widths", "SharedScaleQuantizer",
+    "shared_scale", "calibrate", "evaluate_bit_widths", "SharedScaleQuantizer", "fold_adder_codes",
     "freeze", "unfreeze",
 ]

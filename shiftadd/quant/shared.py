@@ -12,6 +12,12 @@ signed, ``bits`` bits):
 * ``range_from="max"`` (default): ``s`` covers max(|x| range, max|w|), nothing is clipped at calibration;
 * ``range_from="weight"``: ``s`` covers max|w| only, inputs beyond it are clipped;
 * ``range_from="input"``: ``s`` covers the input range only, weights beyond it are clipped;
+* ``range_from="folded"``: ``s`` covers the input range only, weights beyond it are clipped *and the
+  clipped distance is added back*, exactly (:func:`fold_adder_codes`): for integer inputs inside the
+  range, the layer computes what unclipped weight codes on the input's grid would. Trained adder
+  filters grow far beyond the activations (max|w| 25-50 against max|x| 2-6 in a trained ResNet-20),
+  so ``"max"`` spends the int8 codes on the weights and rounds most activations to zero; ``"folded"``
+  keeps the activations' resolution at no loss on the weights' side;
 
 with ``scale="free"`` (``s = range / qmax``, default) or ``scale="pow2"`` (``s = 2^-f``, f as in
 :func:`shiftadd.quant.functional.pow2_frac_bits`). The input range is
@@ -33,12 +39,26 @@ import torch
 import torch.nn as nn
 
 from shiftadd.quant.config import TensorQuant
+from shiftadd.ops.quant import grid_codes
 from shiftadd.quant.functional import compute_scale, fake_quantize, quantize_to_int
 from shiftadd.quant.hooks import LayerTransform, attach
 from shiftadd.quant.qat import QUANTIZER_NAME, SHARED_NAME, select_layers
 from shiftadd.utils import Patterns
 
-RANGES = ("max", "weight", "input")
+RANGES = ("max", "weight", "input", "folded")
+_WIDE = 2 ** 24  # code range of unclipped weight codes (exact in float32 and float64)
+
+
+def fold_adder_codes(codes: torch.Tensor, qmin: int, qmax: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(clamp(codes, qmin, qmax), D)``: adder weight codes (O, ...) clipped to the input's code range,
+    and D (O,), the clipped distance per output channel, so that for every input code qmin <= qx <= qmax
+
+        -sum |qx - codes| = -sum |qx - clipped| - D        (|qx - q| = |qx - qmax| + (q - qmax) if q > qmax)
+
+    The adder array then works on in-range codes and the constant D joins the output's bias."""
+    clipped = codes.clamp(qmin, qmax)
+    distance = (codes - clipped).abs().reshape(codes.shape[0], -1).sum(1)
+    return clipped, distance
 STATISTICS = ("max", "mean")
 
 
@@ -62,6 +82,7 @@ class SharedScaleQuantizer(LayerTransform):
         self.register_buffer("calibration_batches", torch.tensor(0, dtype=torch.int64))
         self.calibrating = False
         self._scale: Optional[torch.Tensor] = None
+        self._offset: Optional[torch.Tensor] = None  # "folded": s * D of this forward (see fold_adder_codes)
 
     # ---- statistics
     @torch.no_grad()
@@ -89,7 +110,7 @@ class SharedScaleQuantizer(LayerTransform):
             raise RuntimeError("adder layer has no calibrated shared scale: run shared_scale(model, bits, "
                                "calibration_batches), train with qat=True, or load a state_dict that has it")
         xm = self.input_max.to(torch.float64)
-        return xm if self.range_from == "input" else torch.maximum(xm, w)
+        return torch.maximum(xm, w) if self.range_from == "max" else xm
 
     def scale(self, weight: torch.Tensor) -> torch.Tensor:
         """The shared scale (float64 scalar) for ``weight`` and the current input range."""
@@ -97,7 +118,7 @@ class SharedScaleQuantizer(LayerTransform):
 
     # ---- transform protocol
     def begin(self, layer: nn.Module, x: Optional[torch.Tensor]) -> None:
-        self._scale = None
+        self._scale, self._offset = None, None
         if x is not None and (self.calibrating or (self.qat and self.training)):
             self._observe(x)
 
@@ -106,7 +127,32 @@ class SharedScaleQuantizer(LayerTransform):
 
     def transform_param(self, layer: nn.Module, name: str, p: torch.Tensor) -> torch.Tensor:
         self._scale = self.scale(p)
+        if self.range_from == "folded":
+            _, distance = self.weight_codes(p, self._scale)
+            lo, hi = (float(self._scale) * q for q in (self.spec.qmin, self.spec.qmax))
+            beyond = (p - p.clamp(lo, hi)).abs().reshape(p.shape[0], -1).sum(1)  # its gradient: straight through
+            self._offset = (distance.to(p.dtype) * self._scale.to(p.dtype) - beyond).detach() + beyond
         return fake_quantize(p, self.spec, scale=self._scale)
+
+    def transform_output(self, layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
+        if self._offset is None:
+            return y
+        offset, self._offset = self._offset.to(y.dtype), None
+        from shiftadd.nn.adder import AdderLinear
+
+        return y - (offset if isinstance(layer, AdderLinear) else offset.view(1, -1, *([1] * (y.dim() - 2))))
+
+    @torch.no_grad()
+    def weight_codes(self, w: torch.Tensor, s: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(qw, D)``: the weight codes the adder array sees at scale ``s`` (default: :meth:`scale`) and the
+        per-output-channel distance D folded back (zeros unless ``range_from="folded"``)."""
+        s = self.scale(w) if s is None else s
+        if self.range_from != "folded":
+            qw, _ = quantize_to_int(w, self.spec, scale=s)
+            return qw, torch.zeros(w.shape[0], dtype=torch.int64, device=w.device)
+        wide, _, _ = grid_codes(w, s, -_WIDE, _WIDE, self.spec.rounding == "stochastic")
+        qw, distance = fold_adder_codes(wide.to(torch.int64), self.spec.qmin, self.spec.qmax)
+        return qw, distance
 
     def transform_input(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.calibrating:
@@ -117,15 +163,15 @@ class SharedScaleQuantizer(LayerTransform):
 
     @torch.no_grad()
     def integer_codes(self, layer: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(qx, qw, s)``: the integer input and weight codes the adder array sees, and the shared scale."""
+        """``(qx, qw, s)``: the integer input and weight codes the adder array sees, and the shared scale
+        (``"folded"``: the output also subtracts ``weight_codes(w)[1]``, see :func:`fold_adder_codes`)."""
         w = layer.weight
         mask = layer._modules.get("pruning")
         if mask is not None:
             w = w * mask.mask
         s = self.scale(w)
         qx, _ = quantize_to_int(x, self.spec, scale=s)
-        qw, _ = quantize_to_int(w, self.spec, scale=s)
-        return qx, qw, s
+        return qx, self.weight_codes(w, s)[0], s
 
     def describe(self, layer: nn.Module) -> Dict[str, Any]:
         try:

@@ -96,12 +96,13 @@ def evaluate_checkpoint(path: str, data_dir: Optional[str] = None, device: str =
 
 def shared_scale_sweep(run: str, bits: Sequence[int] = (16, 8, 6, 4), scale: str = "free",
                        calibration_batches: int = 4, data_dir: Optional[str] = None,
-                       test_subset: Optional[int] = None) -> Dict[str, Any]:
+                       test_subset: Optional[int] = None, range_from: str = "folded") -> Dict[str, Any]:
     """Post-training shared-scale quantization of the adder layers of the run saved in ``run``.
 
     Calibrates on ``calibration_batches`` training batches of 128 (no augmentation, seed + 1) and
     returns ``{"float": acc, "int16": acc, ...}`` on the run's test split (``test_subset`` 0: all),
-    plus ``"test_images"``. See :func:`shiftadd.quant.evaluate_bit_widths`.
+    plus ``"test_images"``. ``range_from``: see :mod:`shiftadd.quant.shared` (``"folded"``: trained adder
+    weights beyond the activations cost no activation resolution). See :func:`shiftadd.quant.evaluate_bit_widths`.
     """
     from shiftadd.data import BatchLoader
     from shiftadd.quant import evaluate_bit_widths
@@ -116,7 +117,8 @@ def shared_scale_sweep(run: str, bits: Sequence[int] = (16, 8, 6, 4), scale: str
     test = BatchLoader(test_ds, config.test_batch_size, shuffle=False, augment=False)
     device = next(model.parameters()).device
     try:
-        res = evaluate_bit_widths(model, lambda m: evaluate(m, test, device)["acc"], calib, bits=bits, scale=scale)
+        res = evaluate_bit_widths(model, lambda m: evaluate(m, test, device)["acc"], calib, bits=bits, scale=scale,
+                                  range_from=range_from)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     res["test_images"] = len(test_ds.labels)
