@@ -458,6 +458,13 @@ def test_supernet_training_resume_is_exact(tmp_path, tiny_data):
     assert int(a["sample_step"]) == 2 * 3  # 48 images, batch 16: one path per step
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [h["train_loss"] for h in full.history] == [h["train_loss"] for h in resumed.history]
+    # evaluation ran on freshly estimated statistics of the evaluated (active) path only: the other
+    # paths' BatchNorms were reset by the recalibration, the active path's hold its own statistics
+    active = full.model.active.blocks[0]
+    bns = full.model.blocks[0].bn1
+    key = f"{active.op}-w{int(round(active.width * 1000))}"
+    assert all(torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean)) for k, bn in bns.items() if k != key)
+    assert not torch.equal(bns[key].running_mean, torch.zeros_like(bns[key].running_mean))
 
 
 def test_validation_split_is_balanced_disjoint_and_seeded(tiny_data):

@@ -214,6 +214,10 @@ class Supernet(nn.Module):
     heterogeneous mode.
     """
 
+    #: the trainer re-estimates BatchNorm statistics on the evaluated path before each evaluation: the
+    #: per-path BatchNorms' running averages mix inputs from every path sampled before them
+    needs_bn_recalibration = True
+
     def __init__(self, space: SearchSpace, mode: str = "heterogeneous", num_classes: int = 10,
                  in_channels: int = 3, sandwich: bool = False, seed: int = 0, reg_weight: float = 0.05,
                  num_bins: int = 16, weight_bits: int = 5) -> None:

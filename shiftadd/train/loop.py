@@ -246,7 +246,9 @@ def _train(config: TrainConfig, task: Task, out: Optional[str], saved: Optional[
 
     recal_images = config.bn_recalibration
     if recal_images is None:
-        recal_images = 1024 if has_adder_layers(model) else 0
+        # adder outputs drift faster than running averages follow; a supernet's per-path BatchNorms
+        # saw inputs from other paths: both evaluate on freshly estimated statistics
+        recal_images = 1024 if has_adder_layers(model) or getattr(model, "needs_bn_recalibration", False) else 0
     recal_loader = task.loader(splits.train, config, config.batch_size, config.seed + RECALIBRATION_SEED,
                                shuffle=True)
 
