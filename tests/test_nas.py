@@ -192,6 +192,40 @@ def test_adaptive_lr_reaches_the_adder_branches_the_path_used(mode):
         assert conv.take_adder_parameters() == []  # the record is consumed by the step
 
 
+def test_adaptive_lr_bounds_the_heterogeneous_remap_step():
+    """The remap's log-slopes are part of the adder weight's parametrisation: the raw adder gradient would
+    move them by orders of magnitude per step (a real supernet run overflowed exp(log_slopes)); on an adder
+    step Eq. 8 rescales them with the shared kernel, on a conv step they get no gradient at all."""
+    from shiftadd.optim import scale_adder_gradients
+
+    torch.manual_seed(0)
+    net = Supernet(SPACE, mode="heterogeneous").train()
+    conv = net.blocks[0].conv1
+    with torch.no_grad():
+        conv.weight.mul_(30.0)  # trained adder filters grow this far
+    x = torch.randn(4, 3, 8, 8) * 3
+    for op in ("adder", "conv"):
+        net.zero_grad(set_to_none=True)
+        net.run_path(x, Architecture(tuple(BlockChoice(op, 1.0) for _ in range(SPACE.num_blocks)))).sum().backward()
+        g = conv.remap.log_slopes.grad
+        if op == "conv":
+            assert g is None or not bool(g.any())
+            continue
+        assert float(g.norm()) > 10 * 0.2 * math.sqrt(g.numel())  # raw: far larger than Eq. 8's step
+        assert any(p is conv.remap.log_slopes for p in conv.take_adder_parameters())
+        net.blocks[0].conv1._adder_ops_used.add("adder")  # take_... consumed the record: restore it
+        scale_adder_gradients(net, eta=0.2)
+        assert math.isclose(float(g.norm()), 0.2 * math.sqrt(g.numel()), rel_tol=1e-4)
+
+
+def test_remap_propagates_a_non_finite_weight_instead_of_failing_on_the_bin_index():
+    from shiftadd.nas.sharing import PiecewiseLinearRemap
+
+    w = torch.tensor([0.5, float("nan"), -1.0])
+    out = PiecewiseLinearRemap(4)(w)
+    assert torch.isnan(out).all()  # r = max|w| is NaN too: everything NaN, caught by the trainer's guard
+
+
 def test_path_sampling_is_the_same_on_every_rank_and_resumes_with_the_step():
     # two "ranks": same seed, different weights (different torch seeds) -> the same paths, no communication
     ranks = []

@@ -32,7 +32,8 @@ class PiecewiseLinearRemap(nn.Module):
         r = w.detach().abs().max().clamp_min(torch.finfo(w.dtype).tiny)
         step = 2 * r / k
         slopes = self.log_slopes.exp().to(w.dtype)
-        j = torch.floor((w.detach() + r) / step).clamp(0, k - 1).long()
+        # a non-finite weight maps to bin 0 (its value still propagates, so the trainer's NaN guard reports it)
+        j = torch.floor((w.detach() + r) / step).nan_to_num(0.0, 0.0, 0.0).clamp(0, k - 1).long()
         start = torch.cat([slopes.new_zeros(1), torch.cumsum(slopes, 0)[:-1]])  # sum_{k<j} s_k
         return -r + step * start[j] + slopes[j] * (w - (-r + j.to(w.dtype) * step))
 

@@ -81,11 +81,13 @@ class SuperConv(nn.Module):
         """The parameters whose gradient came from adder computations since the last call (then forgets):
         AdderNet's adaptive learning rate (:func:`shiftadd.optim.scale_adder_gradients`) rescales them.
         A tensor shared with conv (``shared`` / ``heterogeneous``) is rescaled only on steps whose path used
-        it as an adder kernel."""
+        it as an adder kernel, and so is the heterogeneous remap's log-slopes."""
         used, self._adder_ops_used = self._adder_ops_used, set()
         params = []
         if "adder" in used:
             params.append(self.weights["adder"] if self.mode == "separate" else self.weight)
+            if self.remap is not None:  # part of the adder weight's parametrisation: the raw adder
+                params.append(self.remap.log_slopes)  # gradient would blow the slopes up (exp overflow)
         if "shiftadd" in used:
             params.append(self.shiftadd_adder)
         return params
