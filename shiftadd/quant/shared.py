@@ -38,14 +38,15 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from shiftadd.quant.config import TensorQuant
 from shiftadd.ops.quant import grid_codes
+from shiftadd.quant.config import TensorQuant
 from shiftadd.quant.functional import compute_scale, fake_quantize, quantize_to_int
 from shiftadd.quant.hooks import LayerTransform, attach
 from shiftadd.quant.qat import QUANTIZER_NAME, SHARED_NAME, select_layers
 from shiftadd.utils import Patterns
 
 RANGES = ("max", "weight", "input", "folded")
+STATISTICS = ("max", "mean")
 _WIDE = 2 ** 24  # code range of unclipped weight codes (exact in float32 and float64)
 
 
@@ -59,7 +60,6 @@ def fold_adder_codes(codes: torch.Tensor, qmin: int, qmax: int) -> Tuple[torch.T
     clipped = codes.clamp(qmin, qmax)
     distance = (codes - clipped).abs().reshape(codes.shape[0], -1).sum(1)
     return clipped, distance
-STATISTICS = ("max", "mean")
 
 
 class SharedScaleQuantizer(LayerTransform):
