@@ -9,7 +9,8 @@ Stages (each is skipped when its output exists, an interrupted training or searc
    histograms of the heterogeneous supernet's remapped adder weights against a Laplace fit;
 3. ``search``: evolutionary search of the heterogeneous supernet at each energy budget;
 4. ``retrain``: the found architectures and the all-conv / all-adder / all-shift-ps / all-shiftadd
-   ResNets trained from scratch with the same budget, tested on the test set;
+   ResNets trained from scratch with the same budget on the same images, watched on the validation
+   slice, the last epoch's model tested once on the test set;
 5. ``report``: ``results.json``, ``acc_vs_energy.png`` and the wall time of every stage.
 
     python scripts/nas_cnn_experiments.py --out runs/nas --data-dir /work/shared/data/cifar10-jpeg.tar.gz \\
@@ -254,11 +255,20 @@ class Pipeline:
         return out
 
     def stage_retrain(self) -> None:
+        """Every network trains on the same images as the supernet, is watched on the validation slice,
+        and its last-epoch model is evaluated once on the test split (``RUN/test.json``)."""
+        from shiftadd.train.runs import evaluate_checkpoint
+
         a = self.args
         for name, arch in self.retrain_list():
             t0 = time.time()
-            self._train(self.out / "retrain" / name, f"hybrid-resnet{a.depth}",
-                        {"arch": arch.as_dict(), "width": a.base_width}, a.retrain_epochs, (self.train_full, self.test))
+            run = self.out / "retrain" / name
+            self._train(run, f"hybrid-resnet{a.depth}", {"arch": arch.as_dict(), "width": a.base_width},
+                        a.retrain_epochs, (self.train_part, self.val))
+            if not (run / "test.json").is_file():
+                res = evaluate_checkpoint(str(run), device=a.device, data=(self.train_part, self.test), test_subset=0)
+                (run / "test.json").write_text(json.dumps({"test_acc": res["acc"], "test_loss": res["loss"],
+                                                           "epoch": res["epoch"], "test_images": len(self.test)}))
             self._timed(f"retrain/{name}", time.time() - t0)
 
     def stage_report(self) -> None:
@@ -273,9 +283,12 @@ class Pipeline:
             run = self.out / "retrain" / name
             if not (run / "checkpoint.json").is_file():
                 continue
+            if not (run / "test.json").is_file():
+                continue
             meta = load_checkpoint_meta(str(run))
-            rows.append({"name": name, "arch": arch.key(), "test_acc": meta["history"][-1]["test_acc"],
-                         "epochs": meta["epoch"], "energy_uj": self.lookup.energy_uj(arch),
+            test = json.loads((run / "test.json").read_text())
+            rows.append({"name": name, "arch": arch.key(), "val_acc": meta["history"][-1]["test_acc"],
+                         "test_acc": test["test_acc"], "epochs": meta["epoch"], "energy_uj": self.lookup.energy_uj(arch),
                          "params": self.lookup.params(arch)})
         report = {"settings": vars(self.args), "space": self.space.as_dict(), "budgets_uj": self.budgets_uj(),
                   "retrained": rows, "ranking": self._load("ranking.json"), "timings_s": self.timings,
@@ -294,7 +307,8 @@ class Pipeline:
         fig.savefig(self.out / "acc_vs_energy.png", dpi=110)
         plt.close(fig)
         for r in rows:
-            print(f"{r['name']:<22} {100 * r['test_acc']:6.2f}%  {r['energy_uj']:9.4g} uJ  {r['params']:>9,} params")
+            print(f"{r['name']:<22} val {100 * r['val_acc']:6.2f}%  test {100 * r['test_acc']:6.2f}%  "
+                  f"{r['energy_uj']:9.4g} uJ  {r['params']:>9,} params")
         print(f"results in {self.out / 'results.json'}")
 
 
