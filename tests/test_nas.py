@@ -159,7 +159,7 @@ def test_shared_mode_really_shares_one_tensor():
     assert conv.full_weight("conv") is conv.full_weight("adder") is conv.full_weight("shift-ps")
     het = Supernet(SPACE, mode="heterogeneous").blocks[0].conv1
     with torch.no_grad():
-        het.remap.log_slopes.fill_(0.3)
+        het.remap.log_slopes.copy_(torch.linspace(-0.5, 0.5, het.remap.num_bins))
     assert not torch.equal(het.full_weight("adder"), het.weight) and het.full_weight("conv") is het.weight
 
 
@@ -193,9 +193,9 @@ def test_adaptive_lr_reaches_the_adder_branches_the_path_used(mode):
 
 
 def test_adaptive_lr_bounds_the_heterogeneous_remap_step():
-    """The remap's log-slopes are part of the adder weight's parametrisation: the raw adder gradient would
-    move them by orders of magnitude per step (a real supernet run overflowed exp(log_slopes)); on an adder
-    step Eq. 8 rescales them with the shared kernel, on a conv step they get no gradient at all."""
+    """The remap's slope logits are part of the adder weight's parametrisation, and the raw adder gradient is
+    large (unnormalised, a real supernet run overflowed free exp() slopes): on an adder step Eq. 8 rescales
+    them with the shared kernel, on a conv step they get no gradient at all."""
     from shiftadd.optim import scale_adder_gradients
 
     torch.manual_seed(0)
@@ -211,7 +211,7 @@ def test_adaptive_lr_bounds_the_heterogeneous_remap_step():
         if op == "conv":
             assert g is None or not bool(g.any())
             continue
-        assert float(g.norm()) > 10 * 0.2 * math.sqrt(g.numel())  # raw: far larger than Eq. 8's step
+        assert float(g.norm()) > 2 * 0.2 * math.sqrt(g.numel())  # raw: several times Eq. 8's step
         assert any(p is conv.remap.log_slopes for p in conv.take_adder_parameters())
         net.blocks[0].conv1._adder_ops_used.add("adder")  # take_... consumed the record: restore it
         scale_adder_gradients(net, eta=0.2)
@@ -302,8 +302,12 @@ def test_remap_is_identity_at_init_monotone_and_differentiable():
     order = torch.argsort(w.detach())
     assert torch.all(torch.diff(t.detach()[order]) >= 0)  # monotone
     t.sum().backward()
-    slopes = remap.log_slopes.exp().detach()
+    slopes = 8 * torch.softmax(remap.log_slopes.detach(), 0)
     r = w.detach().abs().max()
+    ends = torch.stack([w.detach().argmin(), w.detach().argmax()])
+    extreme = int(w.detach().abs().argmax())  # T(+-r) = +-r: the range is kept
+    torch.testing.assert_close(t.detach()[extreme], w.detach()[extreme])
+    assert bool((t.detach()[ends].abs() <= r + 1e-6).all())
     j = torch.floor((w.detach() + r) / (2 * r / 8)).clamp(0, 7).long()
     torch.testing.assert_close(w.grad, slopes[j])  # dT/dw = the slope of the weight's bin
     assert remap.log_slopes.grad.abs().sum() > 0

@@ -12,12 +12,14 @@ import torch.nn as nn
 
 
 class PiecewiseLinearRemap(nn.Module):
-    """A learnable monotone piecewise-linear map over ``num_bins`` equal bins of the weight range.
+    """A learnable monotone piecewise-linear map of the weight range onto itself, over ``num_bins`` equal bins.
 
     With r = max|w| (held fixed in the gradient), bin edges e_k = -r + k*D, D = 2r/K and
-    slopes s_k = exp(theta_k) > 0:  T(w) = -r + D * sum_{k<j} s_k + s_j * (w - e_j) for w in bin j.
-    All theta_k = 0 (the initial value) is the identity; T is continuous and differentiable
-    almost everywhere in both w and theta.
+    slopes s_k = K * softmax(theta)_k > 0 (mean 1):  T(w) = -r + D * sum_{k<j} s_k + s_j * (w - e_j) for w
+    in bin j. T(-r) = -r and T(r) = r: the map reshapes the distribution (ShiftAddNAS's Gaussian-to-Laplacian
+    remap) but cannot rescale it — with free slopes (exp(theta)) the adder loss grew them into a large gain
+    and a 30-epoch supernet diverged. All theta_k equal (zero at init) is the identity; T is continuous and
+    differentiable almost everywhere in both w and theta.
     """
 
     def __init__(self, num_bins: int = 16) -> None:
@@ -31,7 +33,7 @@ class PiecewiseLinearRemap(nn.Module):
         k = self.num_bins
         r = w.detach().abs().max().clamp_min(torch.finfo(w.dtype).tiny)
         step = 2 * r / k
-        slopes = self.log_slopes.exp().to(w.dtype)
+        slopes = (k * torch.softmax(self.log_slopes, 0)).to(w.dtype)
         # a non-finite weight maps to bin 0 (its value still propagates, so the trainer's NaN guard reports it)
         j = torch.floor((w.detach() + r) / step).nan_to_num(0.0, 0.0, 0.0).clamp(0, k - 1).long()
         start = torch.cat([slopes.new_zeros(1), torch.cumsum(slopes, 0)[:-1]])  # sum_{k<j} s_k

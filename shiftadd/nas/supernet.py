@@ -86,8 +86,8 @@ class SuperConv(nn.Module):
         params = []
         if "adder" in used:
             params.append(self.weights["adder"] if self.mode == "separate" else self.weight)
-            if self.remap is not None:  # part of the adder weight's parametrisation: the raw adder
-                params.append(self.remap.log_slopes)  # gradient would blow the slopes up (exp overflow)
+            if self.remap is not None:  # part of the adder weight's parametrisation, and the raw adder
+                params.append(self.remap.log_slopes)  # gradient is unnormalised and large
         if "shiftadd" in used:
             params.append(self.shiftadd_adder)
         return params
