@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--adder-range", dest="adder_range", choices=("folded", "max"), default="folded",
                    help="what an adder layer's shared scale covers: the activations, with the weights beyond "
                         "them folded into the bias exactly (default), or max(activations, weights)")
+    p.add_argument("--calibration", choices=("mse", "max"), default="mse",
+                   help="activation scales: least squared error over the calibration images (default) or max-abs")
     p.add_argument("--verify", type=int, default=0, metavar="N",
                    help="compile with the host cc and check N test images bit for bit (default 0: skip)")
     p.add_argument("--data-dir", dest="data_dir", default=None, help="where the run's data set lives now")
@@ -77,9 +79,11 @@ def _cmd_export(args) -> int:
     config = checkpoint_config(args.checkpoint, args.data_dir)
     train, test = load_data(config)
     model, _, _ = load_trained_model(args.checkpoint, "cpu", (train, test))
-    net = export_c(model, calibration_batch(train, args.calib), args.out, bits=args.bits, adder_range=args.adder_range)
+    net = export_c(model, calibration_batch(train, args.calib), args.out, bits=args.bits, adder_range=args.adder_range,
+                   calibration=args.calibration)
     report: Dict[str, Any] = {
         "out": args.out, "model": config.model, "op": config.op, "bits": args.bits, "adder_range": args.adder_range,
+        "calibration": args.calibration,
         "input_frac": net.input_frac, "logit_frac": net.logit_frac, "arena_bytes": arena_bytes(net),
         "ops": len(net.ops), "multiplications": net.multiplications(),
         "normalisation": {"mean": list(train.mean), "std": list(train.std)},

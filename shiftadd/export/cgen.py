@@ -496,11 +496,11 @@ def write_c(net: IntegerNetwork, out_dir: str) -> Dict[str, str]:
 
 
 def export_c(model: nn.Module, calib_images: torch.Tensor, out_dir: str, bits: int = 8,
-             adder_range: str = "folded") -> IntegerNetwork:
+             adder_range: str = "folded", calibration: str = "mse") -> IntegerNetwork:
     """Quantize ``model`` on ``calib_images`` (float, normalised) and write its C library into ``out_dir``
-    (``adder_range``: see :func:`~shiftadd.export.intnet.build_integer_network`).
+    (``adder_range``, ``calibration``: see :func:`~shiftadd.export.intnet.build_integer_network`).
 
     Returns the :class:`IntegerNetwork` the C code reproduces bit for bit."""
-    net = build_integer_network(model, calib_images, bits, adder_range)
+    net = build_integer_network(model, calib_images, bits, adder_range, calibration)
     write_c(net, out_dir)
     return net

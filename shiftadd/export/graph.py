@@ -151,16 +151,39 @@ def _pair(v: Any) -> Tuple[int, int]:
 
 
 @torch.no_grad()
-def record_max_abs(gm: fx.GraphModule, x: torch.Tensor) -> Dict[str, float]:
-    """max |output| of every node over the batch ``x`` (taken as each node runs, so an in-place ReLU
-    after it does not change it), keyed by node name."""
-    out: Dict[str, float] = {}
+@dataclass(frozen=True)
+class ActivationRange:
+    """Calibration statistics of one node's output: max |x|, and the squared error of quantizing it to
+    ``bits``-bit codes at each candidate frac (``sse[f]``, f from the max-abs frac up to ``extra`` more)."""
+
+    max_abs: float
+    sse: Dict[int, float] = field(default_factory=dict)
+
+
+def max_abs_frac(max_abs: float, limit: float) -> int:
+    """The largest f with max_abs * 2^f <= limit (0 for an all-zero or non-finite range)."""
+    import math
+
+    if not max_abs > 0 or not math.isfinite(max_abs):
+        return 0
+    return int(math.floor(math.log2(limit / max_abs)))
+
+
+def record_ranges(gm: fx.GraphModule, x: torch.Tensor, qmax: int = 127, extra: int = 2) -> Dict[str, ActivationRange]:
+    """:class:`ActivationRange` of every node over the batch ``x`` (taken as each node runs, so an in-place
+    ReLU after it does not change it), keyed by node name."""
+    out: Dict[str, ActivationRange] = {}
 
     class _Recorder(fx.Interpreter):
         def run_node(self, n: fx.Node) -> Any:
             r = super().run_node(n)
             if isinstance(r, torch.Tensor):
-                out[n.name] = float(r.detach().abs().max()) if r.numel() else 0.0
+                v = r.detach().double()
+                m = float(v.abs().max()) if v.numel() else 0.0
+                f0 = max_abs_frac(m, qmax)
+                sse = {f: float((v - (v * 2.0 ** f).round().clamp(-qmax, qmax) * 2.0 ** -f).square().sum())
+                       for f in range(f0, f0 + extra + 1)} if m > 0 else {}
+                out[n.name] = ActivationRange(m, sse)
             return r
 
     _Recorder(gm).run(x)
