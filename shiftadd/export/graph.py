@@ -8,6 +8,7 @@ raises :class:`UnsupportedModelError` naming the node.
 """
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -162,8 +163,6 @@ class ActivationRange:
 
 def max_abs_frac(max_abs: float, limit: float) -> int:
     """The largest f with max_abs * 2^f <= limit (0 for an all-zero or non-finite range)."""
-    import math
-
     if not max_abs > 0 or not math.isfinite(max_abs):
         return 0
     return int(math.floor(math.log2(limit / max_abs)))

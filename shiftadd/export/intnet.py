@@ -86,8 +86,6 @@ class Op:
     params: Dict[str, Any] = field(default_factory=dict)
 
 
-
-
 def _round_shift(x: torch.Tensor, k: int) -> torch.Tensor:
     """x * 2^-k rounded half up (k > 0: add half, arithmetic right shift; k < 0: left shift)."""
     if k > 0:
