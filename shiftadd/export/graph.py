@@ -151,7 +151,6 @@ def _pair(v: Any) -> Tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-@torch.no_grad()
 @dataclass(frozen=True)
 class ActivationRange:
     """Calibration statistics of one node's output: max |x|, and the squared error of quantizing it to
@@ -168,6 +167,7 @@ def max_abs_frac(max_abs: float, limit: float) -> int:
     return int(math.floor(math.log2(limit / max_abs)))
 
 
+@torch.no_grad()
 def record_ranges(gm: fx.GraphModule, x: torch.Tensor, qmax: int = 127, extra: int = 2) -> Dict[str, ActivationRange]:
     """:class:`ActivationRange` of every node over the batch ``x`` (taken as each node runs, so an in-place
     ReLU after it does not change it), keyed by node name."""
