@@ -29,10 +29,8 @@ into int8 (or into the int32 logits):
 Scales come from a calibration batch. ``calibration="mse"`` (default): every int8 tensor's frac is,
 of the max-abs frac (the largest f with max|x| * 2^f <= 127, nothing clipped) and the two above it
 (the largest values saturate), the one of least squared quantization error on the calibration batch;
-``"max"``: the max-abs frac. On the trained ResNet-20s of docs/results.md (2,000 validation images) mse
-calibration halves to removes the integer model's accuracy loss: conv -0.45 -> -0.15 points, adder
--1.05 -> +0.05, shift-ps -0.80 -> 0.00. A tensor whose ReLU is fused into the op that writes it is
-calibrated after the ReLU. With ``adder_range="max"`` a tensor read by an adder layer also covers that
+``"max"``: the max-abs frac (docs/deploy.md compares the two on trained networks). A tensor whose ReLU
+is fused into the op that writes it is calibrated after the ReLU. With ``adder_range="max"`` a tensor read by an adder layer also covers that
 layer's weights (max-abs). Tensors joined by scale-preserving ops (ReLU, max-pool,
 flatten) share one frac. The logits get the largest frac with max|logit| * 2^f <= 2^30.
 """
