@@ -104,8 +104,10 @@ class _SharedScaleInt8(nn.Module):
         self.bits = int(bits)
         self.act_max = None if act_max is None else float(act_max)
         self.spec, self.fixed_scale = None, None
-        self.register_buffer("weight_offset", None)  # D of a "folded" shared scale (fold_adder_codes)
-        self._fixed_codes: Optional[torch.Tensor] = None
+        # the quantizer's int8 weight codes and the D of a "folded" range (fold_adder_codes); buffers, so
+        # that .to(device) moves them, not persistent, so that the state_dict keeps its keys
+        self.register_buffer("_fixed_codes", None, persistent=False)
+        self.register_buffer("weight_offset", None, persistent=False)
         if quantizer is not None:
             if quantizer.spec.bits > 8:
                 raise ValueError(f"the int8 kernels need <= 8 bits, the layer's shared scale has {quantizer.spec.bits}")
