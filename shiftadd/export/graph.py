@@ -154,7 +154,7 @@ def _pair(v: Any) -> Tuple[int, int]:
 @dataclass(frozen=True)
 class ActivationRange:
     """Calibration statistics of one node's output: max |x|, and the squared error of quantizing it to
-    ``bits``-bit codes at each candidate frac (``sse[f]``, f from the max-abs frac up to ``extra`` more)."""
+    codes in [-qmax, qmax] at each candidate frac (``sse[f]``, f from the max-abs frac up)."""
 
     max_abs: float
     sse: Dict[int, float] = field(default_factory=dict)
@@ -168,20 +168,23 @@ def max_abs_frac(max_abs: float, limit: float) -> int:
 
 
 @torch.no_grad()
-def record_ranges(gm: fx.GraphModule, x: torch.Tensor, qmax: int = 127, extra: int = 2) -> Dict[str, ActivationRange]:
+def record_ranges(gm: fx.GraphModule, x: torch.Tensor, qmax: int = 127,
+                  candidates: int = 3) -> Dict[str, ActivationRange]:
     """:class:`ActivationRange` of every node over the batch ``x`` (taken as each node runs, so an in-place
-    ReLU after it does not change it), keyed by node name."""
+    ReLU after it does not change it), keyed by node name; squared errors at ``candidates`` fracs (the
+    max-abs one and those above it; 0: max only)."""
     out: Dict[str, ActivationRange] = {}
 
     class _Recorder(fx.Interpreter):
         def run_node(self, n: fx.Node) -> Any:
             r = super().run_node(n)
             if isinstance(r, torch.Tensor):
-                v = r.detach().double()
-                m = float(v.abs().max()) if v.numel() else 0.0
-                f0 = max_abs_frac(m, qmax)
-                sse = {f: float((v - (v * 2.0 ** f).round().clamp(-qmax, qmax) * 2.0 ** -f).square().sum())
-                       for f in range(f0, f0 + extra + 1)} if m > 0 else {}
+                m = float(r.detach().abs().max()) if r.numel() else 0.0
+                sse: Dict[int, float] = {}
+                if m > 0 and candidates > 0:
+                    v, f0 = r.detach().double(), max_abs_frac(m, qmax)
+                    sse = {f: float((v - (v * 2.0 ** f).round().clamp(-qmax, qmax) * 2.0 ** -f).square().sum())
+                           for f in range(f0, f0 + candidates)}
                 out[n.name] = ActivationRange(m, sse)
             return r
 

@@ -339,7 +339,8 @@ def build_integer_network(model: nn.Module, calib_images: torch.Tensor, bits: in
     model = model.eval()
     nodes, gm = trace(model)
     calib = calib_images.float()
-    ranges = record_ranges(gm, calib, 2 ** (int(bits) - 1) - 1)
+    # the squared errors only mse calibration reads: max-abs and two finer fracs
+    ranges = record_ranges(gm, calib, 2 ** (int(bits) - 1) - 1, candidates=3 if calibration == "mse" else 0)
     input_shape = tuple(int(s) for s in calib.shape[1:])
     with torch.no_grad():
         num_classes = int(model(calib[:1]).reshape(1, -1).shape[1])
@@ -548,8 +549,7 @@ def _finalize(net: IntegerNetwork) -> None:
             acc_scale[op.output] = torch.full((C,), 2.0 ** -fin / op.params["count"], dtype=torch.float64)
             op.params["bound"] = net.qmax * op.params["count"]
         elif op.kind == "requant":
-            producer = next(o for o in net.ops if o.output == op.inputs[0])
-            _requant_constants(net, op, acc_scale[op.inputs[0]], producer.params.get("offset"))
+            _requant_constants(net, op, acc_scale[op.inputs[0]], _producer(net, op).params.get("offset"))
         elif op.kind == "add":
             fo = net.tensors[op.output].frac
             a, b = (net.tensors[i].frac for i in op.inputs)
@@ -659,7 +659,11 @@ def _requant_constants(net: IntegerNetwork, op: Op, S: torch.Tensor, offset: Opt
     p.update(mode="mult", n=n, M=M.to(torch.int64), B=B.to(torch.int64))
 
 
+def _producer(net: IntegerNetwork, op: Op) -> Op:
+    """The op writing ``op``'s (first) input."""
+    return next(o for o in net.ops if o.output == op.inputs[0])
+
+
 def net_bound(net: IntegerNetwork, op: Op) -> int:
     """Worst-case |accumulator| of the op producing ``op``'s input."""
-    producer = next(o for o in net.ops if o.output == op.inputs[0])
-    return int(producer.params["bound"])
+    return int(_producer(net, op).params["bound"])

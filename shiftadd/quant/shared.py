@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from shiftadd.nn.adder import AdderLinear
 from shiftadd.ops.quant import grid_codes
 from shiftadd.quant.config import TensorQuant
 from shiftadd.quant.functional import compute_scale, fake_quantize, quantize_to_int
@@ -138,8 +139,6 @@ class SharedScaleQuantizer(LayerTransform):
         if self._offset is None:
             return y
         offset, self._offset = self._offset.to(y.dtype), None
-        from shiftadd.nn.adder import AdderLinear
-
         return y - (offset if isinstance(layer, AdderLinear) else offset.view(1, -1, *([1] * (y.dim() - 2))))
 
     @torch.no_grad()
