@@ -113,7 +113,8 @@ def cmd_run(a: argparse.Namespace) -> None:
 
 
 def progress_table() -> str:
-    """The docs/results.md progress table (validation accuracy by epoch), from the runs' metrics."""
+    """The docs/results.md progress table (validation accuracy by epoch), from the runs' metrics; empty
+    when no run is in progress."""
     rows = ["| run | epochs done / planned | val acc by epoch (%) | best val | train time so far |",
             "|---|---|---|---:|---:|"]
     for name in JOBS:
@@ -125,7 +126,7 @@ def progress_table() -> str:
         hours = sum(h.get("seconds", 0.0) for h in hist) / 3600
         rows.append(f"| {name} | {m['epoch']} / {m['config']['epochs']} | {', '.join(f'{v:.1f}' for v in vals)} | "
                     f"{max(vals):.2f} | {hours:.1f} h |")
-    return "\n".join(rows)
+    return "\n".join(rows) if len(rows) > 2 else ""
 
 
 def results_table() -> str:
@@ -146,7 +147,8 @@ def results_table() -> str:
 
 def cmd_status(a: argparse.Namespace) -> None:
     if a.markdown:
-        print("Finished:\n\n" + results_table() + "\n\nTraining:\n\n" + progress_table())
+        training = progress_table()
+        print("Finished:\n\n" + results_table() + (f"\n\nTraining:\n\n{training}" if training else ""))
         return
     for name, (what, args) in JOBS.items():
         m = state(RUNS / name)
