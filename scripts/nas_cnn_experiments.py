@@ -65,6 +65,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--retrain-epochs", type=int, default=30, help="epochs of found and baseline networks")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--shift-lr", type=float, default=None,
+                   help="learning rate of the DeepShift-PS shift/sign parameters (default: --lr; issue 17 uses 30)")
     p.add_argument("--num-archs", type=int, default=8, help="architectures of the ranking study (>= 8)")
     p.add_argument("--budget-fractions", default="0.3,0.5",
                    help="energy budgets as fractions of the all-conv network's energy")
@@ -80,6 +82,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--retrain-name", default="retrain",
+                   help="folder under --out of the retrained networks; a second name retrains the same architectures "
+                        "with other settings (e.g. --shift-lr) and reports into results-NAME.json / acc_vs_energy-NAME.png")
+    p.add_argument("--retrain-only", default=None,
+                   help="comma-separated subset of the retrained networks (all-conv, ..., found-57.7uJ as named in "
+                        "the retrain folder); default: all")
     p.add_argument("--stages", default="supernet,ranking,search,retrain,report")
     return p.parse_args(argv)
 
@@ -130,8 +138,8 @@ class Pipeline:
             cfg = make_config("shiftaddnet", model=model, model_options=options, epochs=epochs)
             return train(cfg, str(run), resume=True, data=data, log=print).history[-1]
         cfg = make_config("shiftaddnet", model=model, model_options=options, dataset=a.dataset, epochs=epochs,
-                          batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device, progress=False,
-                          threads=a.threads)
+                          batch_size=a.batch_size, lr=a.lr, shift_lr=a.shift_lr, seed=a.seed, device=a.device,
+                          progress=False, threads=a.threads)
         return train(cfg, str(run), data=data, log=print).history[-1]
 
     def supernet_dir(self, mode: str) -> Path:
@@ -252,6 +260,12 @@ class Pipeline:
             path = self.out / "search" / f"{budget:.6g}uJ.yaml"
             if path.is_file():
                 out.append((f"found-{budget:.6g}uJ", Architecture.load(path)))
+        if self.args.retrain_only:
+            wanted = set(self.args.retrain_only.split(","))
+            unknown = wanted - {name for name, _ in out}
+            if unknown:
+                raise SystemExit(f"--retrain-only: unknown network(s) {sorted(unknown)}; have {[n for n, _ in out]}")
+            out = [(name, arch) for name, arch in out if name in wanted]
         return out
 
     def stage_retrain(self) -> None:
@@ -262,14 +276,15 @@ class Pipeline:
         a = self.args
         for name, arch in self.retrain_list():
             t0 = time.time()
-            run = self.out / "retrain" / name
+            run = self.out / a.retrain_name / name
             self._train(run, f"hybrid-resnet{a.depth}", {"arch": arch.as_dict(), "width": a.base_width},
                         a.retrain_epochs, (self.train_part, self.val))
             if not (run / "test.json").is_file():
                 res = evaluate_checkpoint(str(run), device=a.device, data=(self.train_part, self.test), test_subset=0)
-                (run / "test.json").write_text(json.dumps({"test_acc": res["acc"], "test_loss": res["loss"],
-                                                           "epoch": res["epoch"], "test_images": len(self.test)}))
-            self._timed(f"retrain/{name}", time.time() - t0)
+                self._save(str(Path(a.retrain_name) / name / "test.json"),
+                           {"test_acc": res["acc"], "test_loss": res["loss"], "epoch": res["epoch"],
+                            "test_images": len(self.test)})
+            self._timed(f"{a.retrain_name}/{name}", time.time() - t0)
 
     def stage_report(self) -> None:
         import matplotlib
@@ -278,9 +293,10 @@ class Pipeline:
 
         from shiftadd.train.checkpoint import load_checkpoint_meta
 
+        suffix = "" if self.args.retrain_name == "retrain" else f"-{self.args.retrain_name}"
         rows = []
         for name, arch in self.retrain_list():
-            run = self.out / "retrain" / name
+            run = self.out / self.args.retrain_name / name
             if not (run / "checkpoint.json").is_file():
                 continue
             if not (run / "test.json").is_file():
@@ -293,7 +309,7 @@ class Pipeline:
         report = {"settings": vars(self.args), "space": self.space.as_dict(), "budgets_uj": self.budgets_uj(),
                   "retrained": rows, "ranking": self._load("ranking.json"), "timings_s": self.timings,
                   "train_images": len(self.train_part), "val_images": len(self.val), "test_images": len(self.test)}
-        self._save("results.json", report)
+        self._save(f"results{suffix}.json", report)
         fig, ax = plt.subplots(figsize=(6, 4))
         for r in rows:
             marker = "*" if r["name"].startswith("found") else "o"
@@ -304,12 +320,12 @@ class Pipeline:
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"hybrid ResNet-{self.args.depth}: found vs uniform networks", fontsize=9)
         fig.tight_layout()
-        fig.savefig(self.out / "acc_vs_energy.png", dpi=110)
+        fig.savefig(self.out / f"acc_vs_energy{suffix}.png", dpi=110)
         plt.close(fig)
         for r in rows:
             print(f"{r['name']:<22} val {100 * r['val_acc']:6.2f}%  test {100 * r['test_acc']:6.2f}%  "
                   f"{r['energy_uj']:9.4g} uJ  {r['params']:>9,} params")
-        print(f"results in {self.out / 'results.json'}")
+        print(f"results in {self.out / f'results{suffix}.json'}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
