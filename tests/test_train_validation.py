@@ -116,6 +116,27 @@ def test_resume_with_val_split_matches_an_uninterrupted_run(tmp_path, tiny_data)
     assert a.epoch == b.epoch and all(torch.equal(a.model_state[k], b.model_state[k]) for k in a.model_state)
 
 
+def test_a_run_interrupted_during_its_final_test_resumes_into_just_that_test(tmp_path, tiny_data):
+    full = train(_cfg(lr=0.3), str(tmp_path / "full"), data=tiny_data, log=_quiet)
+    test_ds = tiny_data[1]
+
+    class DiesInTheFinalTest(ClassificationTask):
+        def evaluate(self, model, loader, *args, **kwargs):
+            if loader.dataset is test_ds:
+                raise _Stop()
+            return super().evaluate(model, loader, *args, **kwargs)
+
+    with pytest.raises(_Stop):
+        train(_cfg(lr=0.3), str(tmp_path / "cut"), data=tiny_data, log=_quiet, task=DiesInTheFinalTest())
+    assert load_checkpoint(str(tmp_path / "cut")).epoch == 4 and not (tmp_path / "cut" / "results.json").exists()
+    said = []
+    resumed = train(_cfg(lr=0.3), str(tmp_path / "cut"), resume=True, data=tiny_data, log=said.append)
+    assert not any(m.startswith("epoch ") for m in said)  # no epoch trained again
+    assert resumed.results == full.results and len(resumed.history) == 4
+    with pytest.raises(UserError, match="already finished"):  # now it is complete
+        train(_cfg(lr=0.3), str(tmp_path / "cut"), resume=True, data=tiny_data, log=_quiet)
+
+
 def test_eval_best_through_the_cli(tmp_path, tiny_data, capsys):
     run = tmp_path / "run"
     res = train(_cfg(lr=0.3), str(run), data=tiny_data, log=_quiet)

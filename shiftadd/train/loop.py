@@ -30,7 +30,7 @@ from shiftadd.train.compress import prepare_model, start_state
 from shiftadd.train.config import TrainConfig, config_from_dict
 from shiftadd.train.evaluate import has_adder_layers, recalibrate_batchnorm
 from shiftadd.train.task import Task, TaskData, get_task
-from shiftadd.train.writer import BEST_DIR, RunWriter, check_tensorboard, remove_stale_temporaries
+from shiftadd.train.writer import BEST_DIR, RESULTS_NAME, RunWriter, check_tensorboard, remove_stale_temporaries
 
 #: Fields that may change when a run is resumed (they do not affect the numbers it produces).
 RESUMABLE_OVERRIDES = ("device", "workers", "threads", "progress", "tensorboard", "data_dir", "epochs")
@@ -145,7 +145,7 @@ def train(config: TrainConfig, out: Optional[str] = None, *, resume: bool = Fals
         for k in RESUMABLE_OVERRIDES:
             setattr(base, k, getattr(config, k))
         config = base.validate()
-        if saved.epoch >= config.epochs:
+        if saved.epoch >= config.epochs and not _final_test_pending(out, saved, config.epochs):
             raise UserError(f"run in {out} already finished {saved.epoch} of {config.epochs} epochs "
                             "(pass a larger --epochs to continue it)")
     elif out is not None and os.path.isfile(os.path.join(out, ckpt.META_NAME)):
@@ -160,6 +160,14 @@ def train(config: TrainConfig, out: Optional[str] = None, *, resume: bool = Fals
         return _train(config, task, out, saved, data, log, info)
     finally:
         D.teardown(info)
+
+
+def _final_test_pending(out: str, saved: ckpt.Checkpoint, epochs: int) -> bool:
+    """True for a run with a validation split whose last epoch (``epochs``) is saved but whose end-of-run
+    test (``results.json``) is not, e.g. one interrupted during that test: resuming it runs just the test."""
+    history = saved.meta.get("history") or [{}]
+    return (saved.epoch == epochs and any(k.startswith("val_") for k in history[-1])
+            and not os.path.isfile(os.path.join(out, RESULTS_NAME)))
 
 
 def _build(config: TrainConfig, dims: Dict[str, Any], saved: Optional[ckpt.Checkpoint]):
