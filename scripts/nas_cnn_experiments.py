@@ -254,13 +254,15 @@ class Pipeline:
             Architecture.from_key(state["best"]["arch"]).save(self.out / "search" / f"{budget:.6g}uJ.yaml")
             self._timed(f"search/{budget:.6g}uJ", time.time() - t0)
 
-    def retrain_list(self) -> List[Tuple[str, Architecture]]:
+    def retrain_list(self, subset: bool = True) -> List[Tuple[str, Architecture]]:
+        """The networks to retrain: the uniform baselines and the found architectures (``--retrain-only``
+        narrows it unless ``subset`` is False)."""
         out = [(f"all-{op}", Architecture.uniform(op, self.args.depth)) for op in BASELINES if op in self.space.ops]
         for budget in self.budgets_uj():
             path = self.out / "search" / f"{budget:.6g}uJ.yaml"
             if path.is_file():
                 out.append((f"found-{budget:.6g}uJ", Architecture.load(path)))
-        if self.args.retrain_only:
+        if subset and self.args.retrain_only:
             wanted = set(self.args.retrain_only.split(","))
             unknown = wanted - {name for name, _ in out}
             if unknown:
@@ -295,15 +297,16 @@ class Pipeline:
 
         suffix = "" if self.args.retrain_name == "retrain" else f"-{self.args.retrain_name}"
         rows = []
-        for name, arch in self.retrain_list():
-            run = self.out / self.args.retrain_name / name
-            if not (run / "checkpoint.json").is_file():
+        for name, arch in self.retrain_list(subset=False):
+            # a network this retrain left out (--retrain-only) is reported from the first retrain, marked so
+            folder = next((f for f in (self.args.retrain_name, "retrain")
+                           if (self.out / f / name / "test.json").is_file()), None)
+            if folder is None:
                 continue
-            if not (run / "test.json").is_file():
-                continue
+            run = self.out / folder / name
             meta = load_checkpoint_meta(str(run))
             test = json.loads((run / "test.json").read_text())
-            rows.append({"name": name, "arch": arch.key(), "val_acc": meta["history"][-1]["test_acc"],
+            rows.append({"name": name, "folder": folder, "arch": arch.key(), "val_acc": meta["history"][-1]["test_acc"],
                          "test_acc": test["test_acc"], "epochs": meta["epoch"], "energy_uj": self.lookup.energy_uj(arch),
                          "params": self.lookup.params(arch)})
         report = {"settings": vars(self.args), "space": self.space.as_dict(), "budgets_uj": self.budgets_uj(),
@@ -314,7 +317,8 @@ class Pipeline:
         for r in rows:
             marker = "*" if r["name"].startswith("found") else "o"
             ax.scatter(r["energy_uj"], 100 * r["test_acc"], marker=marker, s=90 if marker == "*" else 40)
-            ax.annotate(r["name"], (r["energy_uj"], 100 * r["test_acc"]), fontsize=7, xytext=(3, 3),
+            label = r["name"] + ("" if r["folder"] == self.args.retrain_name else f" ({r['folder']})")
+            ax.annotate(label, (r["energy_uj"], 100 * r["test_acc"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
         ax.set_xlabel(f"inference energy per image (uJ, {self.args.platform} {self.args.fmt})")
         ax.set_ylabel("test accuracy (%)")
@@ -323,7 +327,8 @@ class Pipeline:
         fig.savefig(self.out / f"acc_vs_energy{suffix}.png", dpi=110)
         plt.close(fig)
         for r in rows:
-            print(f"{r['name']:<22} val {100 * r['val_acc']:6.2f}%  test {100 * r['test_acc']:6.2f}%  "
+            name = r["name"] + ("" if r["folder"] == self.args.retrain_name else f" ({r['folder']})")
+            print(f"{name:<30} val {100 * r['val_acc']:6.2f}%  test {100 * r['test_acc']:6.2f}%  "
                   f"{r['energy_uj']:9.4g} uJ  {r['params']:>9,} params")
         print(f"results in {self.out / f'results{suffix}.json'}")
 
