@@ -541,6 +541,12 @@ def test_cli_supernet_search_show_and_retrain(supernet_run, tmp_path, capsys):
     assert main(["nas", "show", arch, "--base-width", "2"]) == 0
     table = capsys.readouterr().out
     assert "stem+classifier" in table and "share" in table and found.blocks[0].op in table
+    # the same supernet searched over multiplication-free operators at full width only
+    free = str(tmp_path / "free.yaml")
+    assert main(args + ["--ops", "adder,shift-ps", "--widths", "1", "--generations", "1", "--save-arch", free]) == 0
+    assert "narrowed space" in capsys.readouterr().out
+    assert set(Architecture.load(free).ops) <= {"adder", "shift-ps"}
+    assert {b.width for b in Architecture.load(free).blocks} == {1.0}
     pareto = str(tmp_path / "pareto.json")
     assert main(["nas", "search", supernet_run, "--multi-objective", "--trials", "4", "--population", "2",
                  "--storage", str(tmp_path / "study.log"), "--recal-images", "20", "--out", pareto]) == 0

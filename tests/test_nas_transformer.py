@@ -266,6 +266,32 @@ def test_search_respects_the_energy_budget_and_resumes_exactly(supernet, tmp_pat
         lookup.check_budget(low * 0.5)
 
 
+def test_a_search_narrowed_to_multiplication_based_blocks_uses_the_same_supernet_and_table(supernet, tmp_path):
+    from shiftadd.nas.space import restrict_space
+
+    lookup = TransformerEnergyLookup(SMALL, V, tokens=5)
+    mult = restrict_space(SMALL, encoder_blocks=["attention+lightweight"], decoder_blocks=["attention"], ops=["conv"])
+    assert mult.embed_dims == SMALL.embed_dims and mult.size() < SMALL.size()
+    narrow = lookup.narrowed(mult)
+    assert narrow.settings() == lookup.settings() and narrow.entries is lookup.entries  # one table, one cache
+    low_full, low_mult = lookup.energy_uj(lookup.extreme(True)), narrow.energy_uj(narrow.extreme(True))
+    assert low_mult > low_full  # the cheapest network of the narrowed space is dearer
+    budget = low_mult * 1.2
+    cfg = EvolutionConfig(population=6, parents=2, mutations=3, crossovers=3, generations=2, energy_budget_uj=budget,
+                          seed=1)
+    state = evolutionary_search(mult, _score(supernet), narrow, cfg, str(tmp_path / "s.json"), log=lambda *_: None)
+    archs = [SMALL.from_key(k) for k in state["scores"]]
+    assert archs and all(c.block in ("attention+lightweight", "attention") and c.op == "conv"
+                         for a in archs for _, _, c in a.layers)
+    assert all(lookup.energy_uj(a) <= budget for a in archs)
+    with pytest.raises(UserError, match="below the cheapest"):
+        narrow.check_budget((low_full + low_mult) / 2)  # fits the full space, not the narrowed one
+    with pytest.raises(UserError, match="not a non-empty subset"):
+        restrict_space(SMALL, encoder_blocks=["lightweight"])
+    with pytest.raises(UserError, match="no choice list"):
+        restrict_space(SMALL, widths=[0.5])
+
+
 def test_pareto_search_over_the_transformer_space(supernet):
     pytest.importorskip("optuna")
     lookup = TransformerEnergyLookup(SMALL, V, tokens=5)
@@ -381,7 +407,19 @@ def test_cli_supernet_resume_search_show_and_retrain(corpus, tmp_path, capsys):
                               "--population", "2", "--tokens", "5"]) == 0
     assert "ms predicted" in capsys.readouterr().out
     assert main(search[:5] + ["--max-latency", "1000", "--tokens", "5"]) == 2
+    # the same supernet searched over its multiplication-based blocks only (a HAT-like space)
+    assert main(search[:5] + ["--energy-budget", "5", "--generations", "1", "--encoder-blocks", "attention",
+                              "--decoder-blocks", "attention", "--layer-ops", "conv",
+                              "--save-arch", str(tmp_path / "m.yaml")]) == 0
+    assert "narrowed space" in capsys.readouterr().out
+    hat = TransformerArchitecture.load(tmp_path / "m.yaml")
+    assert all(c.block == "attention" and c.op == "conv" for _, _, c in hat.layers)
+    assert len(list((tmp_path / "full").glob("search-5uJ-sub*.json"))) == 1
     # bad input: one line, exit code 2
+    assert main(["nas", "search", full, "--tokens", "5", "--encoder-blocks", "lightweight"]) == 2
+    assert "not a non-empty subset" in capsys.readouterr().err
+    assert main(["nas", "search", full, "--tokens", "5", "--ops", "conv"]) == 2
+    assert "narrows a ResNet space" in capsys.readouterr().err
     assert main(["nas", "search", full, "--energy-budget", "0.00001", "--tokens", "5"]) == 2
     assert "below the cheapest" in capsys.readouterr().err
     assert main(["nas", "supernet", "--space", "transformer", "--out", str(tmp_path / "x"), "--heads", "3"]

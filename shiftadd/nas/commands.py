@@ -18,6 +18,7 @@ Transformers (Multi30k En->De, the trainer's translation task)::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -122,7 +123,16 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default=None, help="search state JSON (default RUN/search-<budget>.json)")
+    n = p.add_argument_group("narrowing the space: a subset of the supernet's own choices, e.g. a search restricted to "
+                             "multiplication-based or multiplication-free blocks over the same supernet "
+                             "(comma-separated lists)")
+    n.add_argument("--ops", default=None, help="resnet: operator choices per block")
+    n.add_argument("--widths", default=None, help="resnet: width multipliers")
+    for flag in ("--encoder-blocks", "--decoder-blocks", "--layer-ops", "--embed-dims", "--ffn-dims", "--heads",
+                 "--decoder-layers"):
+        n.add_argument(flag, default=None, help="transformer: " + flag[2:].replace("-", " "))
+    p.add_argument("--out", default=None, help="search state JSON (default RUN/search-<budget>.json; a narrowed "
+                                               "space adds -sub<hash of the space>)")
     p.add_argument("--save-arch", default=None, metavar="ARCH.yaml", help="write the best architecture here")
     p.add_argument("--stop-after", type=int, default=None, metavar="N", help="stop after N generations (resumable)")
     p.add_argument("--multi-objective", action="store_true", help="NSGA-II (Optuna): the accuracy-energy Pareto front")
@@ -292,11 +302,16 @@ def _cmd_search(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     supernet, settings, config = load_supernet(args.run, args.device)
-    space = supernet.space
+    space = _narrowed_space(args, supernet.space)
     memory = None if str(args.memory).lower() in ("none", "off", "") else args.memory
     budget = "none" if args.energy_budget is None else f"{args.energy_budget:g}uJ"
+    if space is not supernet.space:
+        budget += "-sub" + hashlib.sha1(json.dumps(space.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        print(f"searching the narrowed space {space.as_dict()}")
     if settings.get("space", {}).get("kind") == "transformer":
         scorer, lookup = _transformer_scoring(args, supernet, config, memory)
+        lookup = lookup.narrowed(space)
+        lookup.check_budget(args.energy_budget)
         return _search(args, space, scorer, lookup, budget)
     train_part, val_part, _ = split_data(settings, config)
     if args.val_images is not None and args.val_images < len(val_part.labels):
@@ -305,9 +320,32 @@ def _cmd_search(args) -> int:
     suffix = f"{args.platform}-{args.fmt}-{memory}-{size}".replace(os.sep, "_")
     lookup = EnergyLookup.cached(os.path.join(args.run, f"energy-{suffix}.json"), space, args.platform, args.fmt,
                                  memory, size, int(train_part.images.shape[1]), supernet.num_classes)
+    lookup = lookup.narrowed(space)
     lookup.check_budget(args.energy_budget)
     scorer = SubnetScorer(supernet, val_part, train_part, args.recal_images, args.batch_size, args.device, args.seed)
     return _search(args, space, scorer, lookup, budget)
+
+
+def _narrowed_space(args, space):
+    """The supernet's space narrowed by the search's --ops/--widths or --encoder-blocks/... flags."""
+    from shiftadd.nas.space import parse_list, restrict_space
+
+    transformer = getattr(space, "kind", None) == "transformer"
+    flags = {"ops": ("ops", str, False), "widths": ("widths", float, False),
+             "encoder_blocks": ("encoder_blocks", str, True), "decoder_blocks": ("decoder_blocks", str, True),
+             "layer_ops": ("ops", str, True), "embed_dims": ("embed_dims", int, True),
+             "ffn_dims": ("ffn_dims", int, True), "heads": ("heads", int, True),
+             "decoder_layers": ("decoder_layers", int, True)}
+    choices = {}
+    for flag, (field_name, kind, for_transformer) in flags.items():
+        text = getattr(args, flag, None)
+        if text is None:
+            continue
+        if for_transformer != transformer:
+            raise UserError(f"--{flag.replace('_', '-')} narrows a {'Transformer' if for_transformer else 'ResNet'} "
+                            f"space; {args.run} is a {'Transformer' if transformer else 'ResNet'} supernet run")
+        choices[field_name] = parse_list(text, kind)
+    return restrict_space(space, **choices) if choices else space
 
 
 def _transformer_scoring(args, supernet, config, memory):
@@ -326,7 +364,6 @@ def _transformer_scoring(args, supernet, config, memory):
     suffix = f"{args.platform}-{args.fmt}-{memory}-{args.tokens}tok".replace(os.sep, "_")
     lookup = TransformerEnergyLookup.cached(os.path.join(args.run, f"energy-{suffix}.json"), supernet.space,
                                             supernet.vocab_size, args.tokens, args.platform, args.fmt, memory)
-    lookup.check_budget(args.energy_budget)
     return scorer, lookup
 
 

@@ -10,6 +10,7 @@ networks whose bit-shift weights are all non-zero (a zero shift weight costs not
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from typing import Any, Dict, List, Optional, Tuple
@@ -36,6 +37,7 @@ class EnergyLookup:
         table = load_table(platform)  # validates the platform and the format: one-line UserError
         table.format(fmt)
         self.space, self.platform, self.fmt, self.memory = space, table.name, fmt, memory
+        self.table_space = space  # the space the table was counted for (``space`` may be narrowed)
         self.image_size, self.in_channels, self.num_classes = int(image_size), int(in_channels), int(num_classes)
         self.block_pj: List[Dict[str, float]] = []
         self.block_params: List[Dict[str, int]] = []
@@ -101,6 +103,13 @@ class EnergyLookup:
         return Architecture(tuple(pick(self.space.choices(i), key=lambda c, i=i: self.block_pj[i][_key(c)])
                                   for i in range(self.space.num_blocks)))
 
+    def narrowed(self, space: Any) -> "EnergyLookup":
+        """This table for a sub-space of its space (:func:`shiftadd.nas.space.restrict_space`): the
+        entries and settings are the table's, the extremes and the budget check range over ``space``."""
+        new = copy.copy(self)
+        new.space = space
+        return new
+
     def check_budget(self, budget_uj: Optional[float]) -> None:
         """One-line UserError when no architecture of the space fits ``budget_uj``."""
         if budget_uj is None:
@@ -122,7 +131,7 @@ class EnergyLookup:
 
     # ---- persistence (a JSON cache: counting the table takes seconds)
     def settings(self) -> Dict[str, Any]:
-        return {"space": self.space.as_dict(), "platform": self.platform, "format": self.fmt,
+        return {"space": self.table_space.as_dict(), "platform": self.platform, "format": self.fmt,
                 "memory": self.memory, "image_size": self.image_size, "in_channels": self.in_channels,
                 "num_classes": self.num_classes}
 
@@ -151,6 +160,7 @@ class EnergyLookup:
             if data.get("settings") == want:
                 t = cls.__new__(cls)
                 t.space, t.platform, t.fmt, t.memory = space, want["platform"], fmt, memory
+                t.table_space = space
                 t.image_size, t.in_channels, t.num_classes = want["image_size"], want["in_channels"], want["num_classes"]
                 t.fixed_pj, t.fixed_params = data["fixed_pj"], data["fixed_params"]
                 t.block_pj, t.block_params = data["block_pj"], data["block_params"]

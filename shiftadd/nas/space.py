@@ -7,8 +7,9 @@ choice alone (see :mod:`shiftadd.nas.energy_table`). Sampling, mutation and cros
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -175,6 +176,28 @@ class SearchSpace:
     def from_dict(cls, d: Dict[str, Any]) -> "SearchSpace":
         return cls(int(d["depth"]), tuple(d["ops"]), tuple(d["widths"]), int(d.get("base_width", 16)),
                    bool(d.get("attention", False)))
+
+
+def restrict_space(space: Any, **choices: Optional[Sequence[Any]]) -> Any:
+    """The sub-space of ``space`` (a :class:`SearchSpace` or a Transformer space) that keeps only the
+    given values of its choice lists, e.g. ``restrict_space(s, ops=("conv",))`` or ``encoder_blocks=``;
+    each must be a subset of the space's own (a search over it can then use the supernet trained on
+    ``space`` and its energy table). ``None`` leaves a list as it is."""
+    changes: Dict[str, Tuple[Any, ...]] = {}
+    for name, values in choices.items():
+        if values is None:
+            continue
+        have = getattr(space, name, None)
+        if not isinstance(have, tuple):
+            raise UserError(f"a {type(space).__name__} has no choice list {name!r}")
+        kind = type(have[0])
+        values = tuple(kind(v) for v in values)
+        extra = [v for v in values if v not in have]
+        if extra or not values:
+            raise UserError(f"{name} {list(values)} is not a non-empty subset of the space's {list(have)}; "
+                            "a search can only narrow the space its supernet was trained on")
+        changes[name] = tuple(v for v in have if v in values)  # the space's own order
+    return dataclasses.replace(space, **changes) if changes else space
 
 
 def parse_list(text: str, kind: type = str) -> Sequence[Any]:

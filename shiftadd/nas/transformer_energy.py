@@ -12,6 +12,7 @@ The sum equals the count of the whole stand-alone model up to float rounding (te
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from typing import Any, Dict, List, Optional, Tuple
@@ -51,6 +52,7 @@ class TransformerEnergyLookup:
         table = load_table(platform)  # validates the platform and the format: one-line UserError
         table.format(fmt)
         self.space, self.vocab_size, self.tokens = space, int(vocab_size), int(tokens)
+        self.table_space = space  # the space the table counts for (``space`` may be narrowed)
         self.platform, self.fmt, self.memory = table.name, fmt, memory
         self._table = platform
         self.entries: Dict[str, List[float]] = {}   # entry key -> [pJ, parameters]
@@ -167,6 +169,14 @@ class TransformerEnergyLookup:
             best = total if best is None else min(best, total)
         return int(best)
 
+    def narrowed(self, space: Any) -> "TransformerEnergyLookup":
+        """This table for a sub-space of its space (:func:`shiftadd.nas.space.restrict_space`): the
+        entries (shared, still cached) and settings are the table's; the extremes and the budget check
+        range over ``space``."""
+        new = copy.copy(self)
+        new.space = space
+        return new
+
     def check_budget(self, budget_uj: Optional[float]) -> None:
         """One-line UserError when no architecture of the space fits ``budget_uj``."""
         from shiftadd.errors import UserError
@@ -190,7 +200,7 @@ class TransformerEnergyLookup:
 
     # ---- persistence
     def settings(self) -> Dict[str, Any]:
-        return {"space": self.space.as_dict(), "vocab_size": self.vocab_size, "tokens": self.tokens,
+        return {"space": self.table_space.as_dict(), "vocab_size": self.vocab_size, "tokens": self.tokens,
                 "platform": self.platform, "format": self.fmt, "memory": self.memory}
 
     def save(self, path: str) -> None:
