@@ -25,9 +25,11 @@ from shiftadd.cli import main as shiftadd_main  # noqa: E402
 from shiftadd.train.checkpoint import load_checkpoint_meta  # noqa: E402
 
 
-def sentence_energy(build: Dict[str, Any], tokens: int = 30) -> Dict[str, Any]:
-    """``shiftadd energy --json`` of the run's model on one ``tokens`` + ``tokens`` sentence pair."""
-    argv = ["energy", "--model", build["name"], "--op", build.get("op", "conv"), "--tokens", str(tokens), "--json"]
+def sentence_energy(build: Dict[str, Any], tokens: int = 30, fmt: str = "fp32") -> Dict[str, Any]:
+    """``shiftadd energy --json`` of the run's model on one ``tokens`` + ``tokens`` sentence pair in
+    number format ``fmt`` (fp32, fix8, ...)."""
+    argv = ["energy", "--model", build["name"], "--op", build.get("op", "conv"), "--tokens", str(tokens),
+            "--format", fmt, "--json"]
     for key, value in sorted(build["options"].items()):
         argv += ["-O", f"{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}"]
     out = io.StringIO()

@@ -10,7 +10,7 @@ split (LayerNorm only: nothing to recalibrate).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 
@@ -61,6 +61,21 @@ class SubnetScorer:
         return self.cache[key]
 
 
+@torch.no_grad()
+def translation_nll(model, batches, device: Union[str, torch.device] = "cpu") -> float:
+    """Cross-entropy per target token (no label smoothing) of a translation model (a sub-network of a
+    SuperTransformer or a stand-alone ``transformer-seq``) over token ``batches``, in eval mode."""
+    from shiftadd.seq.loss import label_smoothed_cross_entropy
+
+    net, device = model.eval(), torch.device(device)
+    total, tokens = 0.0, 0
+    for b in batches:
+        logits = net(b.src.to(device), b.tgt_in.to(device))
+        _, nll, n = label_smoothed_cross_entropy(logits, b.tgt_out.to(device), 0.0, net.cfg.pad_id)
+        total, tokens = total + float(nll), tokens + int(n)
+    return total / max(tokens, 1)
+
+
 class TranslationLossScorer:
     """``-(validation loss per target token)`` of paths of a SuperTransformer (cached per architecture)."""
 
@@ -73,15 +88,7 @@ class TranslationLossScorer:
 
     def loss(self, arch) -> float:
         """Validation cross-entropy per target token of ``arch`` with the supernet's weights."""
-        from shiftadd.seq.loss import label_smoothed_cross_entropy
-
-        net = self.supernet.set_active(arch).eval()
-        total, tokens = 0.0, 0
-        for b in self.batches:
-            logits = net(b.src.to(self.device), b.tgt_in.to(self.device))
-            _, nll, n = label_smoothed_cross_entropy(logits, b.tgt_out.to(self.device), 0.0, net.cfg.pad_id)
-            total, tokens = total + float(nll), tokens + int(n)
-        return total / max(tokens, 1)
+        return translation_nll(self.supernet.set_active(arch), self.batches, self.device)
 
     @torch.no_grad()
     def __call__(self, arch) -> float:

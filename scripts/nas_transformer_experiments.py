@@ -1,0 +1,339 @@
+"""ShiftAddNAS for Transformers on Multi30k at a CPU budget: the pipeline behind issue 15's results.
+
+Stages (each skips what exists; an interrupted training or search resumes):
+
+1. ``supernet``: one SuperTransformer over the hybrid space (``shiftadd nas supernet --space transformer``);
+   the space has no GLU gate and pure lightweight decoder blocks, so that its multiplication-free part
+   is a real sub-space;
+2. ``search``: evolution at every ``--budgets`` energy per 30 + 30-token sentence in three spaces over
+   the same supernet (``nas search`` narrowing): ``hybrid`` (everything), ``mult`` (attention and
+   multiplicative lightweight convolutions, multiplicative linear layers: HAT-like) and ``free``
+   (adder / shift-add lightweight convolutions, shift linear layers), scored by validation loss with
+   inherited weights;
+3. ``retrain``: every found architecture from scratch with the same epochs, once per ``--seeds``
+   (``shiftadd train --task translation -O arch=...``), model selection on validation, test-2016 BLEU
+   measured once by the trainer at the end;
+4. ``ranking``: Kendall tau between the inherited validation loss of the retrained architectures and
+   their validation loss after retraining (no label smoothing, the same sentences);
+5. ``quant8``: the best hybrid (highest validation BLEU of the first seed) retrained with 8-bit
+   fixed-point training (``--quant fix8``: every adder, shift, conv and linear layer), energy at fix8;
+6. ``report``: ``results.json``, ``bleu_vs_energy.png``, the claim check (hybrid vs both restricted
+   searches at each budget against the seed-to-seed spread) and the wall time of every stage.
+
+    python scripts/nas_transformer_experiments.py --out results/nas-mt --budgets 500,800 --supernet-epochs 10 \\
+        --retrain-epochs 10 --seeds 0,1 --threads 1
+
+A toy run (a few minutes): ``--subset 300 --vocab-size 300 --embed-dims 16,32 --ffn-dims 32 --heads 2
+--kernel-sizes 3,5,7 --max-tokens 512 --val-sentences 50 --budgets 20,30 --supernet-epochs 1
+--retrain-epochs 1 --population 4 --parents 2 --generations 1 --seeds 0``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from shiftadd.cli import main as shiftadd_main  # noqa: E402
+from shiftadd.nas.transformer_space import DECODER_BLOCKS, ENCODER_BLOCKS, TransformerArchitecture  # noqa: E402
+
+#: The narrowed spaces of the search stage: ``nas search`` flags (the hybrid space is the whole supernet).
+SPACES: Dict[str, List[str]] = {
+    "hybrid": [],
+    "mult": ["--encoder-blocks", "attention,lightweight,attention+lightweight",
+             "--decoder-blocks", "attention,attention+lightweight", "--layer-ops", "conv"],
+    "free": ["--encoder-blocks", "lightweight-adder,lightweight-shiftadd",
+             "--decoder-blocks", "lightweight-adder,lightweight-shiftadd", "--layer-ops", "shift-ps"],
+}
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/nas-mt")
+    p.add_argument("--data-dir", default=None, help="Multi30k folder (default: the shared one)")
+    p.add_argument("--subset", type=int, default=None, help="first N training pairs (toy runs)")
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--max-tokens", type=int, default=4096)
+    p.add_argument("--embed-dims", default="192,256")
+    p.add_argument("--ffn-dims", default="512,1024")
+    p.add_argument("--heads", default="4")
+    p.add_argument("--encoder-layers", type=int, default=3)
+    p.add_argument("--decoder-layers", default="1,2,3")
+    p.add_argument("--kernel-sizes", default="3,7,15")
+    p.add_argument("--supernet-epochs", type=int, default=10)
+    p.add_argument("--retrain-epochs", type=int, default=10)
+    p.add_argument("--seeds", default="0,1", help="retraining seeds (the spread of the claim check)")
+    p.add_argument("--budgets", default="500,800", help="energy budgets, uJ per 30 + 30-token sentence")
+    p.add_argument("--spaces", default="hybrid,mult,free")
+    p.add_argument("--val-sentences", type=int, default=500, help="validation pairs that score candidates")
+    p.add_argument("--population", type=int, default=16)
+    p.add_argument("--parents", type=int, default=4)
+    p.add_argument("--generations", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--stages", default="supernet,search,retrain,ranking,quant8,report")
+    return p.parse_args(argv)
+
+
+def cli(argv: List[str], quiet: bool = False) -> str:
+    """Run ``shiftadd ARGV`` in this process; its stdout (echoed unless ``quiet``); exit on failure."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = shiftadd_main(argv)
+    if not quiet:
+        print(out.getvalue(), end="")
+    if rc:
+        raise SystemExit(f"shiftadd {' '.join(argv)} exited with {rc}")
+    return out.getvalue()
+
+
+class Pipeline:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.out = args, Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.supernet = self.out / "supernet"
+        self.budgets = [float(b) for b in args.budgets.split(",") if b]
+        self.spaces = [s for s in args.spaces.split(",") if s]
+        self.seeds = [int(s) for s in args.seeds.split(",") if s]
+        self.timings = self._load("timings.json") or {}
+
+    def _load(self, name: str) -> Optional[Any]:
+        path = self.out / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def _save(self, name: str, data: Any) -> None:
+        tmp = self.out / (name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self.out / name)
+
+    def _timed(self, stage: str, t0: float) -> None:
+        self.timings[stage] = self.timings.get(stage, 0.0) + time.time() - t0
+        self._save("timings.json", self.timings)
+
+    def _data(self) -> List[str]:
+        a = self.args
+        out = ["--vocab-size", str(a.vocab_size), "--max-tokens", str(a.max_tokens), "--threads", str(a.threads)]
+        if a.data_dir:
+            out += ["--data-dir", a.data_dir]
+        if a.subset:
+            out += ["--subset", str(a.subset)]
+        return out
+
+    def arch_path(self, space: str, budget: float) -> Path:
+        return self.out / "search" / f"{space}-{budget:g}uJ.yaml"
+
+    # ---- stages
+    def stage_supernet(self) -> None:
+        a, t0 = self.args, time.time()
+        if (self.supernet / "checkpoint.json").is_file():
+            if self._epochs(self.supernet) < a.supernet_epochs:
+                cli(["nas", "supernet", "--resume", str(self.supernet), "--epochs", str(a.supernet_epochs),
+                     "--no-progress"])
+        else:
+            cli(["nas", "supernet", "--space", "transformer", "--out", str(self.supernet), "--embed-dims", a.embed_dims,
+                 "--ffn-dims", a.ffn_dims, "--heads", a.heads, "--encoder-layers", str(a.encoder_layers),
+                 "--decoder-layers", a.decoder_layers, "--kernel-sizes", a.kernel_sizes, "--no-glu",
+                 "--layer-ops", "conv,shift-ps", "--encoder-blocks", ",".join(ENCODER_BLOCKS),
+                 "--decoder-blocks", ",".join(DECODER_BLOCKS + ("lightweight-adder", "lightweight-shiftadd")),
+                 "--epochs", str(a.supernet_epochs), "--no-progress"] + self._data())
+        self._timed("supernet", t0)
+
+    @staticmethod
+    def _epochs(run: Path) -> int:
+        return int(json.loads((run / "checkpoint.json").read_text())["epoch"])
+
+    def stage_search(self) -> None:
+        a = self.args
+        (self.out / "search").mkdir(exist_ok=True)
+        for space in self.spaces:
+            for budget in self.budgets:
+                path = self.arch_path(space, budget)
+                if path.is_file():
+                    continue
+                t0 = time.time()
+                cli(["nas", "search", str(self.supernet), "--energy-budget", f"{budget:g}", "--val-sentences",
+                     str(a.val_sentences), "--max-tokens", str(a.max_tokens), "--population", str(a.population),
+                     "--parents", str(a.parents), "--mutations", str(a.population // 2), "--crossovers",
+                     str(a.population // 2), "--generations", str(a.generations), "--threads", str(a.threads),
+                     "--out", str(self.out / "search" / f"{space}-{budget:g}uJ.json"), "--save-arch", str(path)]
+                    + SPACES[space])
+                self._timed(f"search/{space}-{budget:g}uJ", t0)
+
+    def retrain_runs(self) -> List[Dict[str, Any]]:
+        """One entry per (space, budget, seed) with a found architecture; an architecture found more than
+        once (a budget that did not bind, or two spaces meeting) shares the first entry's run."""
+        out: List[Dict[str, Any]] = []
+        first_run: Dict[tuple, Path] = {}
+        for space in self.spaces:
+            for budget in self.budgets:
+                path = self.arch_path(space, budget)
+                if not path.is_file():
+                    continue
+                key = TransformerArchitecture.load(path).key()
+                for seed in self.seeds:
+                    name = f"{space}-{budget:g}uJ-seed{seed}"
+                    run = first_run.setdefault((key, seed), self.out / "retrain" / name)
+                    out.append({"name": name, "space": space, "budget": budget, "seed": seed, "arch": path,
+                                "arch_key": key, "run": run})
+        return out
+
+    def stage_retrain(self) -> None:
+        a = self.args
+        for r in self.retrain_runs():
+            run = r["run"]
+            if (run / "results.json").is_file() or run.name != r["name"]:  # done, or another entry's run
+                continue
+            t0 = time.time()
+            arch = TransformerArchitecture.load(r["arch"])
+            if (run / "checkpoint.json").is_file():
+                cli(["train", "--resume", str(run), "--epochs", str(a.retrain_epochs), "--no-progress"])
+            else:
+                cli(["train", "--task", "translation", "--model", "transformer-seq", "-O",
+                     f"arch={json.dumps(arch.as_dict())}", "--epochs", str(a.retrain_epochs), "--seed", str(r["seed"]),
+                     "--out", str(run), "--no-progress"] + self._data())
+            self._timed(f"retrain/{r['name']}", t0)
+
+    def _val_batches(self, tokenizer_run: Path):
+        from shiftadd.data.text import TokenBatchLoader
+        from shiftadd.train.checkpoint import load_checkpoint_meta
+        from shiftadd.train.config import config_from_dict
+        from shiftadd.train.translation import TranslationTask, tokenizer_from_meta
+
+        meta = load_checkpoint_meta(str(tokenizer_run))
+        config = config_from_dict(meta["config"])
+        val = TranslationTask().load_split(config, "val", tokenizer_from_meta(meta, str(tokenizer_run)),
+                                           self.args.val_sentences)
+        return list(TokenBatchLoader(val.data, self.args.max_tokens, shuffle=False, seed=0))
+
+    def stage_ranking(self) -> None:
+        import torch
+        from scipy.stats import kendalltau
+
+        from shiftadd.nas.scoring import load_supernet, translation_nll
+        from shiftadd.train import load_trained_model
+
+        t0 = time.time()
+        torch.set_num_threads(self.args.threads)
+        runs = [r for r in self.retrain_runs() if (r["run"] / "results.json").is_file() and r["seed"] == self.seeds[0]
+                and r["run"].name == r["name"]]  # each architecture once
+        supernet, _, _ = load_supernet(str(self.supernet))
+        batches = self._val_batches(self.supernet)
+        rows = []
+        for r in runs:
+            arch = TransformerArchitecture.load(r["arch"])
+            model = load_trained_model(str(r["run"] / "best"))[0]
+            rows.append({"name": r["name"], "arch": arch.key(), "inherited_val_nll": translation_nll(
+                supernet.set_active(arch), batches), "retrained_val_nll": translation_nll(model, batches)})
+        tau, p = kendalltau([x["inherited_val_nll"] for x in rows], [x["retrained_val_nll"] for x in rows]) \
+            if len(rows) >= 2 else (float("nan"), float("nan"))
+        self._save("ranking.json", {"architectures": rows, "kendall_tau": None if tau != tau else float(tau),
+                                    "p_value": None if p != p else float(p), "val_sentences": self.args.val_sentences})
+        self._timed("ranking", t0)
+
+    def best_hybrid(self) -> Optional[Dict[str, Any]]:
+        """The retrained hybrid (first seed) with the highest validation BLEU."""
+        done = [r for r in self.retrain_runs() if r["space"] == "hybrid" and r["seed"] == self.seeds[0]
+                and (r["run"] / "results.json").is_file()]
+        val = lambda r: json.loads((r["run"] / "results.json").read_text())["best"]["val_bleu"]  # noqa: E731
+        return max(done, key=val) if done else None
+
+    def stage_quant8(self) -> None:
+        a, best = self.args, self.best_hybrid()
+        run = self.out / "retrain" / "hybrid-best-fix8"
+        if best is None or (run / "results.json").is_file():
+            return
+        t0 = time.time()
+        arch = TransformerArchitecture.load(best["arch"])
+        if (run / "checkpoint.json").is_file():
+            cli(["train", "--resume", str(run), "--epochs", str(a.retrain_epochs), "--no-progress"])
+        else:
+            cli(["train", "--task", "translation", "--model", "transformer-seq", "-O", f"arch={json.dumps(arch.as_dict())}",
+                 "--quant", "fix8", "--epochs", str(a.retrain_epochs), "--seed", str(best["seed"]), "--out", str(run),
+                 "--no-progress"] + self._data())
+        (run / "source.json").write_text(json.dumps({"fp32_run": best["run"].name, "arch": best["arch_key"]}))
+        self._timed("quant8", t0)
+
+    def stage_report(self) -> None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from translation_report import sentence_energy
+
+        rows = []
+        for r in self.retrain_runs():
+            res = r["run"] / "results.json"
+            if not res.is_file():
+                continue
+            meta = json.loads((r["run"] / "checkpoint.json").read_text())
+            energy = sentence_energy(meta["model_build"])
+            best = json.loads(res.read_text())["best"]
+            rows.append({"name": r["name"], "run": r["run"].name, "space": r["space"], "budget_uj": r["budget"],
+                         "seed": r["seed"], "arch": r["arch_key"], "params": meta["params"],
+                         "energy_uj": energy["per_sentence_pj"] * 1e-6, "val_bleu": best["val_bleu"],
+                         "test_bleu": best["test_bleu"], "best_epoch": best["epoch"]})
+        q8 = self.out / "retrain" / "hybrid-best-fix8"
+        quant8 = None
+        if (q8 / "results.json").is_file():
+            meta = json.loads((q8 / "checkpoint.json").read_text())
+            best = json.loads((q8 / "results.json").read_text())["best"]
+            quant8 = {**json.loads((q8 / "source.json").read_text()), "val_bleu": best["val_bleu"],
+                      "test_bleu": best["test_bleu"], "best_epoch": best["epoch"],
+                      "energy_uj_fix8": sentence_energy(meta["model_build"], fmt="fix8")["per_sentence_pj"] * 1e-6,
+                      "energy_uj_fp32": sentence_energy(meta["model_build"])["per_sentence_pj"] * 1e-6}
+        claims = []
+        for budget in self.budgets:
+            by_space = {s: [x["test_bleu"] for x in rows if x["space"] == s and x["budget_uj"] == budget]
+                        for s in self.spaces}
+            if all(by_space.get(s) for s in ("hybrid", "mult", "free")):
+                spread = max(max(v) - min(v) for v in by_space.values())
+                mean = {s: sum(v) / len(v) for s, v in by_space.items()}
+                claims.append({"budget_uj": budget, "mean_test_bleu": mean, "seed_spread": spread,
+                               "hybrid_beats_both_by_more_than_spread":
+                                   mean["hybrid"] - max(mean["mult"], mean["free"]) > spread})
+        self._save("results.json", {"settings": vars(self.args), "retrained": rows, "claims": claims, "fix8": quant8,
+                                    "ranking": self._load("ranking.json"), "timings_s": self.timings})
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for space, marker in (("hybrid", "*"), ("mult", "o"), ("free", "s")):
+            pts = [x for x in rows if x["space"] == space]
+            if pts:
+                ax.scatter([x["energy_uj"] for x in pts], [x["test_bleu"] for x in pts], marker=marker,
+                           s=90 if marker == "*" else 40, label=space)
+        ax.set_xlabel("inference energy per 30+30-token sentence (uJ, asic45nm fp32)")
+        ax.set_ylabel("BLEU, Multi30k En-De test-2016")
+        ax.legend(fontsize=8)
+        ax.set_title("searched Transformers: hybrid vs restricted spaces", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(self.out / "bleu_vs_energy.png", dpi=110)
+        plt.close(fig)
+        for x in rows:
+            print(f"{x['name']:<24} {x['energy_uj']:8.1f} uJ  val BLEU {x['val_bleu']:6.2f}  test BLEU {x['test_bleu']:6.2f}")
+        for c in claims:
+            print(f"budget {c['budget_uj']:g} uJ: mean test BLEU {c['mean_test_bleu']}, seed spread "
+                  f"{c['seed_spread']:.2f}: hybrid beats both by more than the spread: "
+                  f"{c['hybrid_beats_both_by_more_than_spread']}")
+        if quant8:
+            print(f"best hybrid at fix8: test BLEU {quant8['test_bleu']:.2f} ({quant8['energy_uj_fix8']:.1f} uJ at fix8, "
+                  f"{quant8['energy_uj_fp32']:.1f} uJ at fp32; fp32 run {quant8['fp32_run']})")
+        print(f"results in {self.out / 'results.json'}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    pipe = Pipeline(args)
+    for stage in args.stages.split(","):
+        print(f"== stage {stage}", flush=True)
+        getattr(pipe, f"stage_{stage}")()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
