@@ -318,8 +318,8 @@ def _cmd_search(args) -> int:
         val_part = val_part.balanced_subset(args.val_images, args.seed)
     size = int(train_part.images.shape[-1])
     suffix = f"{args.platform}-{args.fmt}-{memory}-{size}".replace(os.sep, "_")
-    lookup = EnergyLookup.cached(os.path.join(args.run, f"energy-{suffix}.json"), space, args.platform, args.fmt,
-                                 memory, size, int(train_part.images.shape[1]), supernet.num_classes)
+    lookup = EnergyLookup.cached(os.path.join(args.run, f"energy-{suffix}.json"), supernet.space, args.platform,
+                                 args.fmt, memory, size, int(train_part.images.shape[1]), supernet.num_classes)
     lookup = lookup.narrowed(space)
     lookup.check_budget(args.energy_budget)
     scorer = SubnetScorer(supernet, val_part, train_part, args.recal_images, args.batch_size, args.device, args.seed)
