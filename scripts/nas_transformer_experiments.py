@@ -10,14 +10,16 @@ Stages (each skips what exists; an interrupted training or search resumes):
    multiplicative lightweight convolutions, multiplicative linear layers: HAT-like) and ``free``
    (adder / shift-add lightweight convolutions, shift linear layers), scored by validation loss with
    inherited weights;
-3. ``retrain``: every found architecture from scratch with the same epochs, once per ``--seeds``
+3. ``inherited``: the validation loss of every found architecture with the supernet's inherited weights
+   (``inherited.json``; the supernet's weights are not needed after this stage);
+4. ``retrain``: every found architecture from scratch with the same epochs, once per ``--seeds``
    (``shiftadd train --task translation -O arch=...``), model selection on validation, test-2016 BLEU
    measured once by the trainer at the end;
-4. ``ranking``: Kendall tau between the inherited validation loss of the retrained architectures and
+5. ``ranking``: Kendall tau between the inherited validation loss of the retrained architectures and
    their validation loss after retraining (no label smoothing, the same sentences);
-5. ``quant8``: the best hybrid (highest validation BLEU of the first seed) retrained with 8-bit
+6. ``quant8``: the best hybrid (highest validation BLEU of the first seed) retrained with 8-bit
    fixed-point training (``--quant fix8``: every adder, shift, conv and linear layer), energy at fix8;
-6. ``report``: ``results.json``, ``bleu_vs_energy.png``, the claim check (hybrid vs both restricted
+7. ``report``: ``results.json``, ``bleu_vs_energy.png``, the claim check (hybrid vs both restricted
    searches at each budget against the seed-to-seed spread) and the wall time of every stage.
 
     python scripts/nas_transformer_experiments.py --out results/nas-mt --budgets 500,800 --supernet-epochs 10 \\
@@ -78,7 +80,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--parents", type=int, default=4)
     p.add_argument("--generations", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--stages", default="supernet,search,retrain,ranking,quant8,report")
+    p.add_argument("--stages", default="supernet,search,inherited,retrain,ranking,quant8,report")
     return p.parse_args(argv)
 
 
@@ -114,6 +116,7 @@ class Pipeline:
         os.replace(tmp, self.out / name)
 
     def _timed(self, stage: str, t0: float) -> None:
+        self.timings = {**(self._load("timings.json") or {}), **self.timings}  # another worker's stages too
         self.timings[stage] = self.timings.get(stage, 0.0) + time.time() - t0
         self._save("timings.json", self.timings)
 
@@ -212,25 +215,53 @@ class Pipeline:
                                            self.args.val_sentences)
         return list(TokenBatchLoader(val.data, self.args.max_tokens, shuffle=False, seed=0))
 
-    def stage_ranking(self) -> None:
+    def stage_inherited(self) -> None:
+        """Validation NLL of every found architecture with the SuperTransformer's inherited weights, saved to
+        ``inherited.json``, so that the ranking needs only the retrained runs (the supernet's weights stay
+        out of git and need not outlive the search)."""
         import torch
-        from scipy.stats import kendalltau
 
         from shiftadd.nas.scoring import load_supernet, translation_nll
+
+        done = self._load("inherited.json") or {}
+        archs = {}
+        for space in self.spaces:
+            for budget in self.budgets:
+                path = self.arch_path(space, budget)
+                if path.is_file():
+                    arch = TransformerArchitecture.load(path)
+                    archs.setdefault(arch.key(), arch)
+        todo = {k: a for k, a in archs.items() if k not in done}
+        if not todo:
+            return
+        t0 = time.time()
+        torch.set_num_threads(self.args.threads)
+        supernet, _, _ = load_supernet(str(self.supernet))
+        batches = self._val_batches(self.supernet)
+        for key, arch in todo.items():
+            done[key] = translation_nll(supernet.set_active(arch), batches)
+        self._save("inherited.json", done)
+        self._timed("inherited", t0)
+
+    def stage_ranking(self) -> None:
+        from scipy.stats import kendalltau
+
         from shiftadd.train import load_trained_model
 
         t0 = time.time()
-        torch.set_num_threads(self.args.threads)
+        inherited = self._load("inherited.json") or {}
         runs = [r for r in self.retrain_runs() if (r["run"] / "results.json").is_file() and r["seed"] == self.seeds[0]
-                and r["run"].name == r["name"]]  # each architecture once
-        supernet, _, _ = load_supernet(str(self.supernet))
-        batches = self._val_batches(self.supernet)
+                and r["run"].name == r["name"] and r["arch_key"] in inherited]  # each architecture once
+        if not runs:
+            return
+        from shiftadd.nas.scoring import translation_nll
+
+        batches = self._val_batches(runs[0]["run"])
         rows = []
         for r in runs:
-            arch = TransformerArchitecture.load(r["arch"])
             model = load_trained_model(str(r["run"] / "best"))[0]
-            rows.append({"name": r["name"], "arch": arch.key(), "inherited_val_nll": translation_nll(
-                supernet.set_active(arch), batches), "retrained_val_nll": translation_nll(model, batches)})
+            rows.append({"name": r["name"], "arch": r["arch_key"], "inherited_val_nll": inherited[r["arch_key"]],
+                         "retrained_val_nll": translation_nll(model, batches)})
         tau, p = kendalltau([x["inherited_val_nll"] for x in rows], [x["retrained_val_nll"] for x in rows]) \
             if len(rows) >= 2 else (float("nan"), float("nan"))
         self._save("ranking.json", {"architectures": rows, "kendall_tau": None if tau != tau else float(tau),
