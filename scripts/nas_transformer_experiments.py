@@ -36,6 +36,7 @@ import contextlib
 import io
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -79,7 +80,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--population", type=int, default=16)
     p.add_argument("--parents", type=int, default=4)
     p.add_argument("--generations", type=int, default=8)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="threads per process")
+    p.add_argument("--shift-lr", type=float, default=0.01,
+                   help="learning rate of the DeepShift-PS parameters (supernet and retrains; the base lr is 1e-3)")
+    p.add_argument("--supernet-procs", type=int, default=1,
+                   help="train the supernet data-parallel under torchrun with N processes, each with "
+                        "max_tokens / N tokens per batch (the same global batch and number of steps)")
     p.add_argument("--stages", default="supernet,search,inherited,retrain,ranking,quant8,report")
     return p.parse_args(argv)
 
@@ -120,9 +126,10 @@ class Pipeline:
         self.timings[stage] = self.timings.get(stage, 0.0) + time.time() - t0
         self._save("timings.json", self.timings)
 
-    def _data(self) -> List[str]:
+    def _data(self, max_tokens: Optional[int] = None) -> List[str]:
         a = self.args
-        out = ["--vocab-size", str(a.vocab_size), "--max-tokens", str(a.max_tokens), "--threads", str(a.threads)]
+        out = ["--vocab-size", str(a.vocab_size), "--max-tokens", str(max_tokens or a.max_tokens),
+               "--threads", str(a.threads)]
         if a.data_dir:
             out += ["--data-dir", a.data_dir]
         if a.subset:
@@ -136,16 +143,23 @@ class Pipeline:
     def stage_supernet(self) -> None:
         a, t0 = self.args, time.time()
         if (self.supernet / "checkpoint.json").is_file():
-            if self._epochs(self.supernet) < a.supernet_epochs:
-                cli(["nas", "supernet", "--resume", str(self.supernet), "--epochs", str(a.supernet_epochs),
-                     "--no-progress"])
+            if self._epochs(self.supernet) >= a.supernet_epochs:
+                return
+            argv = ["nas", "supernet", "--resume", str(self.supernet), "--epochs", str(a.supernet_epochs),
+                    "--no-progress"]
         else:
-            cli(["nas", "supernet", "--space", "transformer", "--out", str(self.supernet), "--embed-dims", a.embed_dims,
-                 "--ffn-dims", a.ffn_dims, "--heads", a.heads, "--encoder-layers", str(a.encoder_layers),
-                 "--decoder-layers", a.decoder_layers, "--kernel-sizes", a.kernel_sizes, "--no-glu",
-                 "--layer-ops", "conv,shift-ps", "--encoder-blocks", ",".join(ENCODER_BLOCKS),
-                 "--decoder-blocks", ",".join(DECODER_BLOCKS + ("lightweight-adder", "lightweight-shiftadd")),
-                 "--epochs", str(a.supernet_epochs), "--no-progress"] + self._data())
+            argv = ["nas", "supernet", "--space", "transformer", "--out", str(self.supernet), "--embed-dims",
+                    a.embed_dims, "--ffn-dims", a.ffn_dims, "--heads", a.heads, "--encoder-layers",
+                    str(a.encoder_layers), "--decoder-layers", a.decoder_layers, "--kernel-sizes", a.kernel_sizes,
+                    "--no-glu", "--layer-ops", "conv,shift-ps", "--encoder-blocks", ",".join(ENCODER_BLOCKS),
+                    "--decoder-blocks", ",".join(DECODER_BLOCKS + ("lightweight-adder", "lightweight-shiftadd")),
+                    "-T", f"shift_lr={a.shift_lr:g}", "--epochs", str(a.supernet_epochs), "--no-progress"] \
+                + self._data(a.max_tokens // a.supernet_procs)
+        if a.supernet_procs > 1:  # torchrun (gloo on CPU): each rank gets its shard of the token batches
+            subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                            str(a.supernet_procs), "-m", "shiftadd.cli"] + argv, check=True, cwd=ROOT)
+        else:
+            cli(argv)
         self._timed("supernet", t0)
 
     @staticmethod
@@ -200,7 +214,7 @@ class Pipeline:
             else:
                 cli(["train", "--task", "translation", "--model", "transformer-seq", "-O",
                      f"arch={json.dumps(arch.as_dict())}", "--epochs", str(a.retrain_epochs), "--seed", str(r["seed"]),
-                     "--out", str(run), "--no-progress"] + self._data())
+                     "--shift-lr", f"{a.shift_lr:g}", "--out", str(run), "--no-progress"] + self._data())
             self._timed(f"retrain/{r['name']}", t0)
 
     def _val_batches(self, tokenizer_run: Path):
@@ -286,7 +300,8 @@ class Pipeline:
             cli(["train", "--resume", str(run), "--epochs", str(a.retrain_epochs), "--no-progress"])
         else:
             cli(["train", "--task", "translation", "--model", "transformer-seq", "-O", f"arch={json.dumps(arch.as_dict())}",
-                 "--quant", "fix8", "--epochs", str(a.retrain_epochs), "--seed", str(best["seed"]), "--out", str(run),
+                 "--quant", "fix8", "--epochs", str(a.retrain_epochs), "--seed", str(best["seed"]), "--shift-lr",
+                 f"{a.shift_lr:g}", "--out", str(run),
                  "--no-progress"] + self._data())
         (run / "source.json").write_text(json.dumps({"fp32_run": best["run"].name, "arch": best["arch_key"]}))
         self._timed("quant8", t0)

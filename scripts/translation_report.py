@@ -60,7 +60,9 @@ def run_row(path: Path) -> Dict[str, Any]:
     vals = [h["val_bleu"] for h in hist]
     best = max(range(len(vals)), key=lambda i: vals[i])
     return {"run": path.name, "model": describe(build["options"], config), "options": build["options"],
-            "params": meta["params"], "epochs_done": meta["epoch"], "epochs_planned": config["epochs"],
+            "params": meta["params"], "epochs_done": meta["epoch"],
+            # a finished run's last --resume may have cut the originally planned epochs (its results say when)
+            "epochs_planned": results["final"]["epoch"] if results else config["epochs"],
             "val_bleu_by_epoch": vals, "best_val_bleu": vals[best], "best_epoch": best + 1,
             "test_bleu_best_val_model": results["best"]["test_bleu"] if results else None,
             "test_bleu_final_model": results["final"]["test_bleu"] if results else None,
