@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,10 +30,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from pipeline_folder import PipelineFolder  # noqa: E402
 from shiftadd.data import load_dataset  # noqa: E402
 from shiftadd.nas import (Architecture, EnergyLookup, EvolutionConfig, SearchSpace,  # noqa: E402
                           SubnetScorer, evolutionary_search, validation_split)
@@ -92,10 +93,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-class Pipeline:
+class Pipeline(PipelineFolder):
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args, self.out = args, Path(args.out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        super().__init__(args.out)
+        self.args = args
         if args.threads:
             torch.set_num_threads(args.threads)
         self.space = SearchSpace(args.depth, tuple(args.ops.split(",")),
@@ -110,22 +111,8 @@ class Pipeline:
         self.lookup = EnergyLookup.cached(str(self.out / f"energy-{args.platform}-{args.fmt}.json"), self.space,
                                           args.platform, args.fmt, "sram", self.image_size,
                                           int(train_set.images.shape[1]), len(train_set.classes))
-        self.timings = self._load("timings.json") or {}
 
     # ---- helpers
-    def _load(self, name: str) -> Optional[Any]:
-        path = self.out / name
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def _save(self, name: str, data: Any) -> None:
-        tmp = self.out / (name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, self.out / name)
-
-    def _timed(self, stage: str, seconds: float) -> None:
-        self.timings[stage] = self.timings.get(stage, 0.0) + seconds
-        self._save("timings.json", self.timings)
-
     def _train(self, run: Path, model: str, options: Dict[str, Any], epochs: int, data: Tuple) -> Dict[str, Any]:
         """Train (or resume, or just read) one run; returns its last history row."""
         from shiftadd.train.checkpoint import load_checkpoint_meta

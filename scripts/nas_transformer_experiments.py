@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import subprocess
 import sys
 import time
@@ -44,7 +43,9 @@ from typing import Any, Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
+from pipeline_folder import PipelineFolder  # noqa: E402
 from shiftadd.cli import main as shiftadd_main  # noqa: E402
 from shiftadd.nas.transformer_space import DECODER_BLOCKS, ENCODER_BLOCKS, TransformerArchitecture  # noqa: E402
 
@@ -102,29 +103,14 @@ def cli(argv: List[str], quiet: bool = False) -> str:
     return out.getvalue()
 
 
-class Pipeline:
+class Pipeline(PipelineFolder):
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args, self.out = args, Path(args.out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        super().__init__(args.out)
+        self.args = args
         self.supernet = self.out / "supernet"
         self.budgets = [float(b) for b in args.budgets.split(",") if b]
         self.spaces = [s for s in args.spaces.split(",") if s]
         self.seeds = [int(s) for s in args.seeds.split(",") if s]
-        self.timings = self._load("timings.json") or {}
-
-    def _load(self, name: str) -> Optional[Any]:
-        path = self.out / name
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def _save(self, name: str, data: Any) -> None:
-        tmp = self.out / (name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, self.out / name)
-
-    def _timed(self, stage: str, t0: float) -> None:
-        self.timings = {**(self._load("timings.json") or {}), **self.timings}  # another worker's stages too
-        self.timings[stage] = self.timings.get(stage, 0.0) + time.time() - t0
-        self._save("timings.json", self.timings)
 
     def _data(self, max_tokens: Optional[int] = None) -> List[str]:
         a = self.args
@@ -160,7 +146,7 @@ class Pipeline:
                             str(a.supernet_procs), "-m", "shiftadd.cli"] + argv, check=True, cwd=ROOT)
         else:
             cli(argv)
-        self._timed("supernet", t0)
+        self._timed("supernet", time.time() - t0)
 
     @staticmethod
     def _epochs(run: Path) -> int:
@@ -181,7 +167,7 @@ class Pipeline:
                      str(a.population // 2), "--generations", str(a.generations), "--threads", str(a.threads),
                      "--out", str(self.out / "search" / f"{space}-{budget:g}uJ.json"), "--save-arch", str(path)]
                     + SPACES[space])
-                self._timed(f"search/{space}-{budget:g}uJ", t0)
+                self._timed(f"search/{space}-{budget:g}uJ", time.time() - t0)
 
     def retrain_runs(self) -> List[Dict[str, Any]]:
         """One entry per (space, budget, seed) with a found architecture; an architecture found more than
@@ -215,7 +201,7 @@ class Pipeline:
                 cli(["train", "--task", "translation", "--model", "transformer-seq", "-O",
                      f"arch={json.dumps(arch.as_dict())}", "--epochs", str(a.retrain_epochs), "--seed", str(r["seed"]),
                      "--shift-lr", f"{a.shift_lr:g}", "--out", str(run), "--no-progress"] + self._data())
-            self._timed(f"retrain/{r['name']}", t0)
+            self._timed(f"retrain/{r['name']}", time.time() - t0)
 
     def _val_batches(self, tokenizer_run: Path):
         from shiftadd.data.text import TokenBatchLoader
@@ -255,7 +241,7 @@ class Pipeline:
         for key, arch in todo.items():
             done[key] = translation_nll(supernet.set_active(arch), batches)
         self._save("inherited.json", done)
-        self._timed("inherited", t0)
+        self._timed("inherited", time.time() - t0)
 
     def stage_ranking(self) -> None:
         from scipy.stats import kendalltau
@@ -280,7 +266,7 @@ class Pipeline:
             if len(rows) >= 2 else (float("nan"), float("nan"))
         self._save("ranking.json", {"architectures": rows, "kendall_tau": None if tau != tau else float(tau),
                                     "p_value": None if p != p else float(p), "val_sentences": self.args.val_sentences})
-        self._timed("ranking", t0)
+        self._timed("ranking", time.time() - t0)
 
     def best_hybrid(self) -> Optional[Dict[str, Any]]:
         """The retrained hybrid (first seed) with the highest validation BLEU."""
@@ -304,14 +290,13 @@ class Pipeline:
                  f"{a.shift_lr:g}", "--out", str(run),
                  "--no-progress"] + self._data())
         (run / "source.json").write_text(json.dumps({"fp32_run": best["run"].name, "arch": best["arch_key"]}))
-        self._timed("quant8", t0)
+        self._timed("quant8", time.time() - t0)
 
     def stage_report(self) -> None:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        sys.path.insert(0, str(ROOT / "scripts"))
         from translation_report import sentence_energy
 
         rows = []
