@@ -7,9 +7,10 @@ have recorded since this one started.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Dict, Optional
+
+from shiftadd.utils import atomic_write_json
 
 
 class PipelineFolder:
@@ -23,10 +24,7 @@ class PipelineFolder:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def _save(self, name: str, data: Any) -> None:
-        path = self.out / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
+        atomic_write_json(self.out / name, data)
 
     def _timed(self, stage: str, seconds: float) -> None:
         """Add ``seconds`` to ``stage``'s wall time (the other stages as ``timings.json`` has them now)."""

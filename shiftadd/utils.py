@@ -1,8 +1,11 @@
-"""Small helpers shared across the package: int-or-tuple arguments, name filters, submodule replacement."""
+"""Small helpers shared across the package: int-or-tuple arguments, name filters, submodule replacement,
+file hashing and atomic writes."""
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+import json
+import os
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 
@@ -57,7 +60,8 @@ def replace_module(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
     return root
 
 
-__all__ = ["IntOrTuple", "Patterns", "as_tuple", "pair", "as_patterns", "name_matches", "replace_module", "sha256_file"]
+__all__ = ["IntOrTuple", "Patterns", "as_tuple", "pair", "as_patterns", "name_matches", "replace_module", "sha256_file",
+           "atomic_write_text", "atomic_write_json"]
 
 
 def sha256_file(path: str) -> str:
@@ -69,3 +73,21 @@ def sha256_file(path: str) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def atomic_write_text(path: Union[str, "os.PathLike[str]"], text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file of this process, then ``os.replace``: readers
+    (and an interrupted run) see the old file or the new one, never a half-written one, and two processes
+    writing the same file at once cannot interleave."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Union[str, "os.PathLike[str]"], data: Any, indent: Optional[int] = 1) -> None:
+    """:func:`atomic_write_text` of ``data`` as JSON."""
+    atomic_write_text(path, json.dumps(data, indent=indent))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Tuple, Union
 
 from shiftadd.errors import UserError
+from shiftadd.utils import atomic_write_text
 
 ArchLike = Union["Architecture", Mapping[str, Any], str, os.PathLike]
 
@@ -129,10 +130,7 @@ def write_text_atomic(path: Union[str, "os.PathLike[str]"], data: Mapping[str, A
         import yaml
 
         text = yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=None)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def read_arch_data(path: str) -> Any:

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from shiftadd.errors import UserError
 from shiftadd.nas.arch import Architecture, BlockChoice
 from shiftadd.nas.space import SearchSpace
+from shiftadd.utils import atomic_write_json
 
 PJ_PER_UJ = 1e6
 
@@ -140,10 +141,7 @@ class EnergyLookup:
                 "block_pj": self.block_pj, "block_params": self.block_params}
 
     def save(self, path: str) -> None:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.as_dict(), f)
-        os.replace(tmp, path)
+        atomic_write_json(path, self.as_dict(), indent=None)
 
     @classmethod
     def cached(cls, path: Optional[str], space: SearchSpace, platform: str = "asic45nm", fmt: str = "fp32",

@@ -25,6 +25,7 @@ import torch
 
 from shiftadd.errors import UserError
 from shiftadd.nas.transformer_space import SIDES, TransformerArchitecture, TransformerSearchSpace
+from shiftadd.utils import atomic_write_json
 
 
 @torch.no_grad()
@@ -117,10 +118,7 @@ class LatencyPredictor:
                 "scale": None if self.scale is None else [float(s) for s in self.scale]}
 
     def save(self, path: str) -> None:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({**self.settings(), "report": self.report}, f, indent=1)
-        os.replace(tmp, path)
+        atomic_write_json(path, {**self.settings(), "report": self.report})
 
     @classmethod
     def load(cls, path: str, space: Optional[TransformerSearchSpace] = None) -> "LatencyPredictor":

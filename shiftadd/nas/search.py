@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from shiftadd.errors import UserError
+from shiftadd.utils import atomic_write_json
 
 Architecture = Any  # an Architecture or a TransformerArchitecture (anything with .key())
 SearchSpace = Any   # a SearchSpace or a TransformerSearchSpace
@@ -175,7 +176,7 @@ def evolutionary_search(space: SearchSpace, score: Score, lookup: EnergyLookup, 
         state["done"] = state["generation"] >= cfg.generations
         state["rng"] = rng.bit_generator.state
         if state_path:
-            _write_json(state_path, state)
+            atomic_write_json(state_path, state)
         ran += 1
         if stop_after is not None and ran >= stop_after and not state["done"]:
             break
@@ -184,15 +185,10 @@ def evolutionary_search(space: SearchSpace, score: Score, lookup: EnergyLookup, 
         state["best"] = _row(space.from_key(best), scores[best], lookup)
         state["top"] = [_row(space.from_key(k), scores[k], lookup) for k in state["parents"]]
         if state_path:
-            _write_json(state_path, state)
+            atomic_write_json(state_path, state)
     return state
 
 
-def _write_json(path: str, data: Dict[str, Any]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- NSGA-II (Optuna)

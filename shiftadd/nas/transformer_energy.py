@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from shiftadd.nas.transformer_space import LayerChoice, TransformerArchitecture, TransformerSearchSpace
+from shiftadd.utils import atomic_write_json
 
 PJ_PER_UJ = 1e6
 
@@ -204,10 +205,8 @@ class TransformerEnergyLookup:
                 "platform": self.platform, "format": self.fmt, "memory": self.memory}
 
     def save(self, path: str) -> None:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"settings": self.settings(), "entries": self.entries, "fixed": self.fixed}, f)
-        os.replace(tmp, path)
+        atomic_write_json(path, {"settings": self.settings(), "entries": self.entries, "fixed": self.fixed},
+                          indent=None)
         self._dirty = False
 
     def _autosave(self) -> None:

@@ -25,7 +25,7 @@ import torch
 
 from shiftadd.errors import CheckpointError, UserError
 from shiftadd.paths import check_readable, umask_mode
-from shiftadd.utils import sha256_file
+from shiftadd.utils import atomic_write_text, sha256_file
 
 FORMAT = "shiftadd-checkpoint"
 VERSION = 1
@@ -98,15 +98,6 @@ def _fsync(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(out_dir: str, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],

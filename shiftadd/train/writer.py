@@ -13,6 +13,7 @@ import torch
 
 from shiftadd.errors import UserError
 from shiftadd.train import checkpoint as ckpt
+from shiftadd.utils import atomic_write_text
 
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
@@ -95,7 +96,7 @@ class RunWriter:
     def results(self, results: Dict[str, Any]) -> None:
         """Write the end-of-training test metrics (``results.json``)."""
         if self.enabled:
-            ckpt.atomic_write_text(os.path.join(self.out, RESULTS_NAME), json.dumps(results, indent=1))
+            atomic_write_text(os.path.join(self.out, RESULTS_NAME), json.dumps(results, indent=1))
 
     def close(self) -> None:
         if self.tb is not None:
