@@ -87,6 +87,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--supernet-procs", type=int, default=1,
                    help="train the supernet data-parallel under torchrun with N processes, each with "
                         "max_tokens / N tokens per batch (the same global batch and number of steps)")
+    p.add_argument("--baselines", default="",
+                   help="comma-separated finished translation runs (the hand-designed networks of docs/translation.md, "
+                        "same epochs) to put beside the searched ones in the report")
     p.add_argument("--stages", default="supernet,search,inherited,retrain,ranking,quant8,report")
     return p.parse_args(argv)
 
@@ -297,7 +300,7 @@ class Pipeline(PipelineFolder):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from translation_report import sentence_energy
+        from translation_report import sentence_energy_uj
 
         rows = []
         for r in self.retrain_runs():
@@ -305,11 +308,10 @@ class Pipeline(PipelineFolder):
             if not res.is_file():
                 continue
             meta = json.loads((r["run"] / "checkpoint.json").read_text())
-            energy = sentence_energy(meta["model_build"])
             best = json.loads(res.read_text())["best"]
             rows.append({"name": r["name"], "run": r["run"].name, "space": r["space"], "budget_uj": r["budget"],
                          "seed": r["seed"], "arch": r["arch_key"], "params": meta["params"],
-                         "energy_uj": energy["per_sentence_pj"] * 1e-6, "val_bleu": best["val_bleu"],
+                         "energy_uj": sentence_energy_uj(meta["model_build"]), "val_bleu": best["val_bleu"],
                          "test_bleu": best["test_bleu"], "best_epoch": best["epoch"]})
         q8 = self.out / "retrain" / "hybrid-best-fix8"
         quant8 = None
@@ -318,8 +320,17 @@ class Pipeline(PipelineFolder):
             best = json.loads((q8 / "results.json").read_text())["best"]
             quant8 = {**json.loads((q8 / "source.json").read_text()), "val_bleu": best["val_bleu"],
                       "test_bleu": best["test_bleu"], "best_epoch": best["epoch"],
-                      "energy_uj_fix8": sentence_energy(meta["model_build"], fmt="fix8")["per_sentence_pj"] * 1e-6,
-                      "energy_uj_fp32": sentence_energy(meta["model_build"])["per_sentence_pj"] * 1e-6}
+                      "energy_uj_fix8": sentence_energy_uj(meta["model_build"], fmt="fix8"),
+                      "energy_uj_fp32": sentence_energy_uj(meta["model_build"])}
+        baselines = []
+        for path in (Path(b) for b in self.args.baselines.split(",") if b):
+            res = path / "results.json"
+            if not res.is_file():
+                raise SystemExit(f"baseline {path} has no results.json (not a finished translation run)")
+            meta, best = json.loads((path / "checkpoint.json").read_text()), json.loads(res.read_text())["best"]
+            baselines.append({"run": path.name, "model": meta["model_build"]["options"], "params": meta["params"],
+                              "epochs": meta["epoch"], "energy_uj": sentence_energy_uj(meta["model_build"]),
+                              "val_bleu": best["val_bleu"], "test_bleu": best["test_bleu"]})
         claims = []
         for budget in self.budgets:
             by_space = {s: [x["test_bleu"] for x in rows if x["space"] == s and x["budget_uj"] == budget]
@@ -331,14 +342,20 @@ class Pipeline(PipelineFolder):
                                "hybrid_beats_both_by_more_than_spread":
                                    mean["hybrid"] - max(mean["mult"], mean["free"]) > spread})
         self._save("results.json", {"settings": vars(self.args), "retrained": rows, "claims": claims, "fix8": quant8,
-                                    "ranking": self._load("ranking.json"), "timings_s": self.timings})
+                                    "baselines": baselines, "ranking": self._load("ranking.json"), "timings_s": self.timings})
         fig, ax = plt.subplots(figsize=(6, 4))
         for space, marker in (("hybrid", "*"), ("mult", "o"), ("free", "s")):
             pts = [x for x in rows if x["space"] == space]
             if pts:
                 ax.scatter([x["energy_uj"] for x in pts], [x["test_bleu"] for x in pts], marker=marker,
                            s=90 if marker == "*" else 40, label=space)
-        ax.set_xlabel("inference energy per 30+30-token sentence (uJ, asic45nm fp32)")
+        if baselines:
+            ax.scatter([b["energy_uj"] for b in baselines], [b["test_bleu"] for b in baselines], marker="x", c="k",
+                       label="hand-designed")
+            for b in baselines:
+                ax.annotate(b["run"], (b["energy_uj"], b["test_bleu"]), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+        ax.set_xlabel("energy per 30+30-token sentence (uJ, asic45nm fp32, compute + memory)")
         ax.set_ylabel("BLEU, Multi30k En-De test-2016")
         ax.legend(fontsize=8)
         ax.set_title("searched Transformers: hybrid vs restricted spaces", fontsize=9)
@@ -347,6 +364,9 @@ class Pipeline(PipelineFolder):
         plt.close(fig)
         for x in rows:
             print(f"{x['name']:<24} {x['energy_uj']:8.1f} uJ  val BLEU {x['val_bleu']:6.2f}  test BLEU {x['test_bleu']:6.2f}")
+        for b in baselines:
+            print(f"{b['run']:<24} {b['energy_uj']:8.1f} uJ  val BLEU {b['val_bleu']:6.2f}  test BLEU {b['test_bleu']:6.2f}"
+                  "  (hand-designed)")
         for c in claims:
             print(f"budget {c['budget_uj']:g} uJ: mean test BLEU {c['mean_test_bleu']}, seed spread "
                   f"{c['seed_spread']:.2f}: hybrid beats both by more than the spread: "
