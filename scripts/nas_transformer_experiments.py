@@ -85,8 +85,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--shift-lr", type=float, default=0.01,
                    help="learning rate of the DeepShift-PS parameters (supernet and retrains; the base lr is 1e-3)")
     p.add_argument("--supernet-procs", type=int, default=1,
-                   help="train the supernet data-parallel under torchrun with N processes, each with "
-                        "max_tokens / N tokens per batch (the same global batch and number of steps)")
+                   help="train the supernet data-parallel under torchrun with N processes (each takes a slice "
+                        "of every --max-tokens batch: the same global batches and steps)")
     p.add_argument("--baselines", default="",
                    help="comma-separated finished translation runs (the hand-designed networks of docs/translation.md, "
                         "same epochs) to put beside the searched ones in the report")
@@ -115,10 +115,9 @@ class Pipeline(PipelineFolder):
         self.spaces = [s for s in args.spaces.split(",") if s]
         self.seeds = [int(s) for s in args.seeds.split(",") if s]
 
-    def _data(self, max_tokens: Optional[int] = None) -> List[str]:
+    def _data(self) -> List[str]:
         a = self.args
-        out = ["--vocab-size", str(a.vocab_size), "--max-tokens", str(max_tokens or a.max_tokens),
-               "--threads", str(a.threads)]
+        out = ["--vocab-size", str(a.vocab_size), "--max-tokens", str(a.max_tokens), "--threads", str(a.threads)]
         if a.data_dir:
             out += ["--data-dir", a.data_dir]
         if a.subset:
@@ -143,7 +142,7 @@ class Pipeline(PipelineFolder):
                     "--no-glu", "--layer-ops", "conv,shift-ps", "--encoder-blocks", ",".join(ENCODER_BLOCKS),
                     "--decoder-blocks", ",".join(DECODER_BLOCKS + ("lightweight-adder", "lightweight-shiftadd")),
                     "-T", f"shift_lr={a.shift_lr:g}", "--epochs", str(a.supernet_epochs), "--no-progress"] \
-                + self._data(a.max_tokens // a.supernet_procs)
+                + self._data()
         if a.supernet_procs > 1:  # torchrun (gloo on CPU): each rank gets its shard of the token batches
             subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                             str(a.supernet_procs), "-m", "shiftadd.cli"] + argv, check=True, cwd=ROOT)
