@@ -143,7 +143,7 @@ class Pipeline(PipelineFolder):
                     "--decoder-blocks", ",".join(DECODER_BLOCKS + ("lightweight-adder", "lightweight-shiftadd")),
                     "-T", f"shift_lr={a.shift_lr:g}", "--epochs", str(a.supernet_epochs), "--no-progress"] \
                 + self._data()
-        if a.supernet_procs > 1:  # torchrun (gloo on CPU): each rank gets its shard of the token batches
+        if a.supernet_procs > 1:  # torchrun (gloo on CPU): each rank trains on a slice of every batch
             subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                             str(a.supernet_procs), "-m", "shiftadd.cli"] + argv, check=True, cwd=ROOT)
         else:
