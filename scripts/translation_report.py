@@ -83,14 +83,15 @@ def run_row(path: Path) -> Dict[str, Any]:
 
 def markdown(rows: List[Dict[str, Any]]) -> str:
     out = ["| run | model | parameters | epochs | best val BLEU (epoch, greedy) | **test BLEU** (best-val model) "
-           "| energy / sentence (30+30 tokens) | train time | tokens/s (median epoch) |",
+           "| energy / sentence (30+30 tokens): compute + memory | train time | tokens/s (median epoch) |",
            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        epochs = r["epochs_done"] if r["epochs_done"] == r["epochs_planned"] else f"{r['epochs_done']} / {r['epochs_planned']}"
         test = f"**{r['test_bleu_best_val_model']:.2f}** (beam {r['test_beam']})" \
             if r["test_bleu_best_val_model"] is not None else "in progress"
-        out.append(f"| {r['run']} | {r['model']} | {r['params'] / 1e6:.2f} M | {r['epochs_done']} / {r['epochs_planned']} "
-                   f"| {r['best_val_bleu']:.2f} ({r['best_epoch']}) | {test} | {r['energy_uj_per_sentence']:.0f} uJ "
-                   f"(+{r['memory_uj_per_sentence']:.0f} memory) | {r['train_hours']:.2f} h | {r['tokens_per_second']:.0f} |")
+        out.append(f"| {r['run']} | {r['model']} | {r['params'] / 1e6:.2f} M | {epochs} "
+                   f"| {r['best_val_bleu']:.2f} ({r['best_epoch']}) | {test} | {r['energy_uj_per_sentence']:.0f} + "
+                   f"{r['memory_uj_per_sentence']:.0f} = **{r['total_uj_per_sentence']:.0f} uJ** | {r['train_hours']:.2f} h | {r['tokens_per_second']:.0f} |")
     return "\n".join(out)
 
 
