@@ -354,7 +354,7 @@ class Pipeline(PipelineFolder):
             for b in baselines:
                 ax.annotate(b["run"], (b["energy_uj"], b["test_bleu"]), fontsize=6, xytext=(3, 3),
                             textcoords="offset points")
-        ax.set_xlabel("energy per 30+30-token sentence (uJ, asic45nm fp32, compute + memory)")
+        ax.set_xlabel("uJ per 30+30-token sentence (asic45nm fp32, compute + memory)", fontsize=9)
         ax.set_ylabel("BLEU, Multi30k En-De test-2016")
         ax.legend(fontsize=8)
         ax.set_title("searched Transformers: hybrid vs restricted spaces", fontsize=9)

@@ -107,7 +107,7 @@ def plot(rows: List[Dict[str, Any]], path: str) -> None:
         ax.scatter(r["total_uj_per_sentence"], y, marker="o" if done else "x")
         ax.annotate(r["run"] + ("" if done else " (val, in progress)"), (r["total_uj_per_sentence"], y),
                     fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("inference energy per 30+30-token sentence (uJ, asic45nm fp32, compute + memory)")
+    ax.set_xlabel("uJ per 30+30-token sentence (asic45nm fp32, compute + memory)", fontsize=9)
     ax.set_ylabel("BLEU, Multi30k En-De test-2016")
     ax.set_title("translation: BLEU vs energy", fontsize=9)
     fig.tight_layout()
