@@ -22,8 +22,8 @@ Stages (each skips what exists; an interrupted training or search resumes):
 7. ``report``: ``results.json``, ``bleu_vs_energy.png``, the claim check (hybrid vs both restricted
    searches at each budget against the seed-to-seed spread) and the wall time of every stage.
 
-    python scripts/nas_transformer_experiments.py --out results/nas-mt --budgets 500,800 --supernet-epochs 10 \\
-        --retrain-epochs 10 --seeds 0,1 --threads 1
+    python scripts/nas_transformer_experiments.py --out results/nas-mt --budgets 400,700 --supernet-procs 2 \\
+        --baselines results/runs/mt-transformer,results/runs/mt-lightweight,results/runs/mt-lightweight-shiftffn
 
 A toy run (a few minutes): ``--subset 300 --vocab-size 300 --embed-dims 16,32 --ffn-dims 32 --heads 2
 --kernel-sizes 3,5,7 --max-tokens 512 --val-sentences 50 --budgets 20,30 --supernet-epochs 1
@@ -75,7 +75,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--supernet-epochs", type=int, default=10)
     p.add_argument("--retrain-epochs", type=int, default=10)
     p.add_argument("--seeds", default="0,1", help="retraining seeds (the spread of the claim check)")
-    p.add_argument("--budgets", default="500,800", help="energy budgets, uJ per 30 + 30-token sentence")
+    p.add_argument("--budgets", default="400,700",
+                   help="energy budgets, uJ (compute + memory) per 30 + 30-token sentence")
     p.add_argument("--spaces", default="hybrid,mult,free")
     p.add_argument("--val-sentences", type=int, default=500, help="validation pairs that score candidates")
     p.add_argument("--population", type=int, default=16)

@@ -189,8 +189,6 @@ def evolutionary_search(space: SearchSpace, score: Score, lookup: EnergyLookup, 
     return state
 
 
-
-
 # --------------------------------------------------------------------------- NSGA-II (Optuna)
 
 def open_storage(storage: Optional[str]):
