@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -105,6 +105,12 @@ def cli(argv: List[str], quiet: bool = False) -> str:
     if rc:
         raise SystemExit(f"shiftadd {' '.join(argv)} exited with {rc}")
     return out.getvalue()
+
+
+def finished_run(run: Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``(checkpoint metadata, results["best"])`` of a finished training run folder."""
+    return (json.loads((run / "checkpoint.json").read_text()),
+            json.loads((run / "results.json").read_text())["best"])
 
 
 class Pipeline(PipelineFolder):
@@ -227,28 +233,22 @@ class Pipeline(PipelineFolder):
         from shiftadd.nas.scoring import load_supernet, translation_nll
 
         done = self._load("inherited.json") or {}
-        archs = {}
-        for space in self.spaces:
-            for budget in self.budgets:
-                path = self.arch_path(space, budget)
-                if path.is_file():
-                    arch = TransformerArchitecture.load(path)
-                    archs.setdefault(arch.key(), arch)
-        todo = {k: a for k, a in archs.items() if k not in done}
+        todo = {r["arch_key"]: r["arch"] for r in self.retrain_runs() if r["arch_key"] not in done}
         if not todo:
             return
         t0 = time.time()
         torch.set_num_threads(self.args.threads)
         supernet, _, _ = load_supernet(str(self.supernet))
         batches = self._val_batches(self.supernet)
-        for key, arch in todo.items():
-            done[key] = translation_nll(supernet.set_active(arch), batches)
+        for key, path in todo.items():
+            done[key] = translation_nll(supernet.set_active(TransformerArchitecture.load(path)), batches)
         self._save("inherited.json", done)
         self._timed("inherited", time.time() - t0)
 
     def stage_ranking(self) -> None:
         from scipy.stats import kendalltau
 
+        from shiftadd.nas.scoring import translation_nll
         from shiftadd.train import load_trained_model
 
         t0 = time.time()
@@ -257,8 +257,6 @@ class Pipeline(PipelineFolder):
                 and r["run"].name == r["name"] and r["arch_key"] in inherited]  # each architecture once
         if not runs:
             return
-        from shiftadd.nas.scoring import translation_nll
-
         batches = self._val_batches(runs[0]["run"])
         rows = []
         for r in runs:
@@ -304,11 +302,9 @@ class Pipeline(PipelineFolder):
 
         rows = []
         for r in self.retrain_runs():
-            res = r["run"] / "results.json"
-            if not res.is_file():
+            if not (r["run"] / "results.json").is_file():
                 continue
-            meta = json.loads((r["run"] / "checkpoint.json").read_text())
-            best = json.loads(res.read_text())["best"]
+            meta, best = finished_run(r["run"])
             rows.append({"name": r["name"], "run": r["run"].name, "space": r["space"], "budget_uj": r["budget"],
                          "seed": r["seed"], "arch": r["arch_key"], "params": meta["params"],
                          "energy_uj": sentence_energy_uj(meta["model_build"]), "val_bleu": best["val_bleu"],
@@ -316,18 +312,16 @@ class Pipeline(PipelineFolder):
         q8 = self.out / "retrain" / "hybrid-best-fix8"
         quant8 = None
         if (q8 / "results.json").is_file():
-            meta = json.loads((q8 / "checkpoint.json").read_text())
-            best = json.loads((q8 / "results.json").read_text())["best"]
+            meta, best = finished_run(q8)
             quant8 = {**json.loads((q8 / "source.json").read_text()), "val_bleu": best["val_bleu"],
                       "test_bleu": best["test_bleu"], "best_epoch": best["epoch"],
                       "energy_uj_fix8": sentence_energy_uj(meta["model_build"], fmt="fix8"),
                       "energy_uj_fp32": sentence_energy_uj(meta["model_build"])}
         baselines = []
         for path in (Path(b) for b in self.args.baselines.split(",") if b):
-            res = path / "results.json"
-            if not res.is_file():
+            if not (path / "results.json").is_file():
                 raise SystemExit(f"baseline {path} has no results.json (not a finished translation run)")
-            meta, best = json.loads((path / "checkpoint.json").read_text()), json.loads(res.read_text())["best"]
+            meta, best = finished_run(path)
             baselines.append({"run": path.name, "model": meta["model_build"]["options"], "params": meta["params"],
                               "epochs": meta["epoch"], "energy_uj": sentence_energy_uj(meta["model_build"]),
                               "val_bleu": best["val_bleu"], "test_bleu": best["test_bleu"]})
