@@ -15,8 +15,9 @@ Stages (each skips what exists; an interrupted training or search resumes):
 4. ``retrain``: every found architecture from scratch with the same epochs, once per ``--seeds``
    (``shiftadd train --task translation -O arch=...``), model selection on validation, test-2016 BLEU
    measured once by the trainer at the end;
-5. ``ranking``: Kendall tau between the inherited validation loss of the retrained architectures and
-   their validation loss after retraining (no label smoothing, the same sentences);
+5. ``ranking``: Kendall tau between the inherited validation NLL (the search's score) of the retrained
+   architectures, and of the ``--baselines`` that lie in the supernet's space, and their validation loss
+   and BLEU after training (from the runs' logs);
 6. ``quant8``: the best hybrid (highest validation BLEU of the first seed) retrained with 8-bit
    fixed-point training (``--quant fix8``: every adder, shift, conv and linear layer), energy at fix8;
 7. ``report``: ``results.json``, ``bleu_vs_energy.png``, the claim check (hybrid vs both restricted
@@ -224,50 +225,83 @@ class Pipeline(PipelineFolder):
                                            self.args.val_sentences)
         return list(TokenBatchLoader(val.data, self.args.max_tokens, shuffle=False, seed=0))
 
+    def space(self):
+        """The SuperTransformer's search space (from its committed ``checkpoint.json``: no weights needed)."""
+        from shiftadd.nas.transformer_space import TransformerSearchSpace
+
+        meta = json.loads((self.supernet / "checkpoint.json").read_text())
+        return TransformerSearchSpace.from_dict(meta["model_build"]["options"]["space"])
+
+    def baseline_archs(self) -> Dict[str, str]:
+        """``{baseline run folder: architecture key}`` of the ``--baselines`` whose network lies in the
+        supernet's space (so they join the ranking: the same trainer, epochs and validation split)."""
+        from shiftadd.errors import UserError
+        from shiftadd.models import create
+
+        space, out = self.space(), {}
+        for path in (b for b in self.args.baselines.split(",") if b):
+            build = json.loads((Path(path) / "checkpoint.json").read_text())["model_build"]
+            try:
+                cfg = create(build["name"], op=build["op"], **build["options"]).cfg
+                out[path] = space.member(TransformerArchitecture.from_config(cfg), f"baseline {path}").key()
+            except (UserError, AttributeError) as exc:
+                print(f"{path}: not in the supernet's space, not ranked ({exc})")
+        return out
+
     def stage_inherited(self) -> None:
-        """Validation NLL of every found architecture with the SuperTransformer's inherited weights, saved to
-        ``inherited.json``, so that the ranking needs only the retrained runs (the supernet's weights stay
-        out of git and need not outlive the search)."""
+        """Validation NLL with the SuperTransformer's inherited weights of every found architecture and of
+        every baseline in its space, saved to ``inherited.json``, so that the ranking needs only the finished
+        runs' logs (the supernet's weights stay out of git and need not outlive the search)."""
         import torch
 
         from shiftadd.nas.scoring import load_supernet, translation_nll
 
         done = self._load("inherited.json") or {}
-        todo = {r["arch_key"]: r["arch"] for r in self.retrain_runs() if r["arch_key"] not in done}
+        keys = [r["arch_key"] for r in self.retrain_runs()] + list(self.baseline_archs().values())
+        todo = [k for k in dict.fromkeys(keys) if k not in done]
         if not todo:
             return
         t0 = time.time()
         torch.set_num_threads(self.args.threads)
         supernet, _, _ = load_supernet(str(self.supernet))
         batches = self._val_batches(self.supernet)
-        for key, path in todo.items():
-            done[key] = translation_nll(supernet.set_active(TransformerArchitecture.load(path)), batches)
+        for key in todo:
+            done[key] = translation_nll(supernet.set_active(TransformerArchitecture.from_key(key)), batches)
         self._save("inherited.json", done)
         self._timed("inherited", time.time() - t0)
 
     def stage_ranking(self) -> None:
+        """Kendall tau of the inherited validation NLL (the search's score) against the retrained networks'
+        validation loss (label-smoothed, as logged by the trainer at the selected epoch) and against their
+        validation BLEU (negated: positive tau means the supernet ranks as retraining does), over the
+        found architectures (first seed) and the baselines in the space; read from the runs' logs."""
         from scipy.stats import kendalltau
 
-        from shiftadd.nas.scoring import translation_nll
-        from shiftadd.train import load_trained_model
-
-        t0 = time.time()
         inherited = self._load("inherited.json") or {}
-        runs = [r for r in self.retrain_runs() if (r["run"] / "results.json").is_file() and r["seed"] == self.seeds[0]
-                and r["run"].name == r["name"] and r["arch_key"] in inherited]  # each architecture once
-        if not runs:
-            return
-        batches = self._val_batches(runs[0]["run"])
+        runs = {r["run"]: (r["name"], r["arch_key"]) for r in self.retrain_runs() if r["seed"] == self.seeds[0]
+                and r["run"].name == r["name"]}  # each architecture once
+        runs.update({Path(p): (Path(p).name, k) for p, k in self.baseline_archs().items()})
+        vocab = json.loads((self.supernet / "checkpoint.json").read_text())["dataset"]["subword_model"]
         rows = []
-        for r in runs:
-            model = load_trained_model(str(r["run"] / "best"))[0]
-            rows.append({"name": r["name"], "arch": r["arch_key"], "inherited_val_nll": inherited[r["arch_key"]],
-                         "retrained_val_nll": translation_nll(model, batches)})
-        tau, p = kendalltau([x["inherited_val_nll"] for x in rows], [x["retrained_val_nll"] for x in rows]) \
-            if len(rows) >= 2 else (float("nan"), float("nan"))
-        self._save("ranking.json", {"architectures": rows, "kendall_tau": None if tau != tau else float(tau),
-                                    "p_value": None if p != p else float(p), "val_sentences": self.args.val_sentences})
-        self._timed("ranking", time.time() - t0)
+        for run, (name, key) in runs.items():
+            if key not in inherited or not (run / "results.json").is_file():
+                continue
+            meta, best = finished_run(run)
+            if meta["dataset"]["subword_model"] != vocab:
+                raise SystemExit(f"{run} has another subword vocabulary than the supernet: losses do not compare")
+            logged = {m["epoch"]: m for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+            rows.append({"name": name, "arch": key, "inherited_val_nll": inherited[key],
+                         "retrained_val_loss": logged[best["epoch"]]["val_loss"], "retrained_val_bleu": best["val_bleu"]})
+        if len(rows) < 2:
+            return
+
+        def tau(values: List[float]) -> Dict[str, float]:
+            t, p = kendalltau([x["inherited_val_nll"] for x in rows], values)
+            return {"tau": float(t), "p_value": float(p)}
+
+        self._save("ranking.json", {"architectures": rows, "n": len(rows), "val_sentences": self.args.val_sentences,
+                                    "vs_val_loss": tau([x["retrained_val_loss"] for x in rows]),
+                                    "vs_val_bleu": tau([-x["retrained_val_bleu"] for x in rows])})
 
     def best_hybrid(self) -> Optional[Dict[str, Any]]:
         """The retrained hybrid (first seed) with the highest validation BLEU."""
@@ -365,6 +399,11 @@ class Pipeline(PipelineFolder):
             print(f"budget {c['budget_uj']:g} uJ: mean test BLEU {c['mean_test_bleu']}, seed spread "
                   f"{c['seed_spread']:.2f}: hybrid beats both by more than the spread: "
                   f"{c['hybrid_beats_both_by_more_than_spread']}")
+        ranking = self._load("ranking.json")
+        if ranking:
+            print(f"ranking over {ranking['n']} architectures: Kendall tau {ranking['vs_val_loss']['tau']:+.2f} vs "
+                  f"retrained val loss (p {ranking['vs_val_loss']['p_value']:.2f}), {ranking['vs_val_bleu']['tau']:+.2f} "
+                  f"vs retrained val BLEU (p {ranking['vs_val_bleu']['p_value']:.2f})")
         if quant8:
             print(f"best hybrid at fix8: test BLEU {quant8['test_bleu']:.2f} ({quant8['energy_uj_fix8']:.1f} uJ at fix8, "
                   f"{quant8['energy_uj_fp32']:.1f} uJ at fp32; fp32 run {quant8['fp32_run']})")

@@ -139,6 +139,15 @@ def test_the_space_holds_the_all_attention_and_the_multiplication_free_extremes(
         assert _structure(ours) == _structure(ref)
         src, tgt = _tokens()
         assert torch.equal(ours.eval()(src, tgt), ref.eval()(src, tgt))
+        # and back: a preset's architecture, found in the space (the all-attention preset keeps the
+        # config's default glu/kernels, which shape no layer of it)
+        found = TransformerArchitecture.from_config(ref.cfg)
+        assert FREE_SPACE.member(found) == arch
+    assert TransformerArchitecture.from_config(attention.to_config(V)) == attention
+    with pytest.raises(UserError, match="one op for both"):
+        TransformerArchitecture.from_config(preset_config("transformer", V, 2, ffn_op="shift-ps"))
+    with pytest.raises(UserError, match="embed_dim 32"):
+        FREE_SPACE.member(TransformerArchitecture.from_config(preset_config("transformer", V, 2, embed_dim=32)))
     # the default decoder choices keep attention in every decoder layer (ShiftAddNAS); the encoder can be free
     assert set(SPACE.decoder_blocks) == set(DECODER_BLOCKS) and "lightweight-shiftadd" not in SPACE.decoder_blocks
     # the energy model counts no multiplication in a multiplication-free layer

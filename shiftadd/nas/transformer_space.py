@@ -24,6 +24,7 @@ of the stand-alone network (``create("transformer-seq", arch=FILE, vocab_size=V)
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -132,6 +133,25 @@ class TransformerArchitecture:
                                      **per_layer, **overrides)
         except ValueError as exc:
             raise UserError(f"architecture does not give a valid Transformer: {exc}") from None
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "TransformerArchitecture":
+        """The architecture of a :class:`~shiftadd.models.transformer.TransformerConfig` (the inverse of
+        :meth:`to_config`), e.g. of a hand-designed preset, to price it or look it up in a supernet; a
+        one-line :class:`UserError` when a layer's FFN and projections use different families (a layer
+        has one ``op`` here)."""
+        sides: Dict[str, List[LayerChoice]] = {}
+        for side in SIDES:
+            sides[side] = []
+            for i, block in enumerate(getattr(cfg, f"{side}_blocks")):
+                ffn, heads, ffn_op, proj_op = cfg.layer_dims(side, i)
+                if ffn_op != proj_op:
+                    raise UserError(f"{side} layer {i} has FFN family {ffn_op!r} and projection family {proj_op!r}; "
+                                    "an architecture layer has one op for both")
+                sides[side].append(LayerChoice(block, int(ffn), int(heads), ffn_op))
+        n = max(len(sides["encoder"]), len(sides["decoder"]))
+        kernels = tuple(cfg.kernel_size(i) for i in range(n))
+        return cls(int(cfg.embed_dim), tuple(sides["encoder"]), tuple(sides["decoder"]), kernels, bool(cfg.glu))
 
     # ---- plain data
     def as_dict(self) -> Dict[str, Any]:
@@ -337,6 +357,14 @@ class TransformerSearchSpace:
                     raise UserError(f"{what}: {side} layer {i} {name} {getattr(c, name)!r} is not one of "
                                     f"{list(allowed)}")
         return arch
+
+    def member(self, arch: TransformerArchitecture, what: str = "architecture") -> TransformerArchitecture:
+        """``arch`` as an architecture of this space (e.g. a hand-designed preset's, via
+        :meth:`TransformerArchitecture.from_config`): ``glu`` and ``kernel_sizes`` shape only lightweight
+        convolutions, so a network without one takes the space's values; then :meth:`validate`."""
+        if not any("lightweight" in c.block for _, _, c in arch.layers):
+            arch = dataclasses.replace(arch, glu=self.glu, kernel_sizes=self.kernel_sizes[:self.max_layers])
+        return self.validate(arch, what)
 
     # ---- sampling and variation (numpy Generator: a search saves and restores its state exactly)
     def _pick(self, rng: np.random.Generator, values: Sequence[Any]) -> Any:
