@@ -146,7 +146,7 @@ def register(subparsers) -> None:
     p.add_argument("run", help="SuperTransformer run directory (its space and vocabulary)")
     p.add_argument("--samples", type=int, default=40, help="architectures to measure (a quarter held out)")
     p.add_argument("--tokens", type=int, default=30, help="translate N source tokens into N target tokens")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per architecture (median)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per architecture (the fastest counts)")
     p.add_argument("--ridge", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads while measuring (default 1)")
