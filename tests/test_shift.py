@@ -168,3 +168,36 @@ def test_wrong_input():
         ShiftConv1d(4, 2, 3)(torch.randn(2, 3, 10))
     with pytest.raises(TypeError, match="floating"):
         ShiftConv2d(1, 1, 1)(torch.ones(1, 1, 2, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("mode", ["ps", "q"])
+def test_eval_weight_is_cached_until_a_parameter_changes(mode):
+    torch.manual_seed(0)
+    layer = ShiftLinear(12, 8, mode=mode).eval()
+    x = torch.randn(3, 12)
+    with torch.no_grad():
+        w0 = layer.weight
+        assert layer.weight is w0  # computed once while nothing changes
+        assert torch.equal(layer(x), F.linear(x, layer.effective_weight(), layer.bias))
+    # an optimizer step (in-place, bumps the version counter) is seen
+    layer.train()
+    opt = torch.optim.SGD(layer.parameters(), lr=5.0)
+    layer(x).square().sum().backward()
+    opt.step()
+    layer.eval()
+    with torch.no_grad():
+        assert torch.equal(layer.weight, layer.effective_weight())
+        assert not torch.equal(layer.weight, w0)
+        # load_state_dict, a dtype conversion and a replaced parameter are seen too
+        other = ShiftLinear(12, 8, mode=mode)
+        layer.load_state_dict(other.state_dict())
+        assert torch.equal(layer.weight, other.effective_weight())
+        layer.double()
+        assert layer.weight.dtype == torch.float64
+        name = "shift" if mode == "ps" else "latent_weight"
+        setattr(layer, name, torch.nn.Parameter(getattr(other, name).detach().double() - 1))
+        assert torch.equal(layer.weight, layer.effective_weight())
+    # with autograd on (eval mode or not) the weight stays differentiable and is not cached
+    layer.float()
+    w = layer.weight
+    assert w.requires_grad and w is not layer.weight

@@ -61,15 +61,15 @@ def measure_latency(arch: TransformerArchitecture, vocab_size: int, tokens: int 
 
 
 def features(arch: TransformerArchitecture, space: TransformerSearchSpace) -> np.ndarray:
-    """The predictor's input: [1, d, decoder layers, per side (count of each block type) x d,
-    (count of each family) x d, (sum of FFN dims) x d / 1000]."""
+    """The predictor's input, terms of the cost of one sentence: [1, d (the output projection), decoder
+    layers, per side (count of each block type) x d^2 (its projections), per side and family the weights
+    of the linear layers of that family, sum of d x (2 FFN + 4 d) over the layers that use it]."""
     d = float(arch.embed_dim)
     out = [1.0, d, float(len(arch.decoder))]
     for side in SIDES:
         layers = getattr(arch, side)
-        out += [d * sum(c.block == b for c in layers) for b in space.blocks_of(side)]
-        out += [d * sum(c.op == o for c in layers) for o in space.ops]
-        out.append(d * sum(c.ffn_dim for c in layers) / 1000.0)
+        out += [d * d * sum(c.block == b for c in layers) for b in space.blocks_of(side)]
+        out += [sum(d * (2 * c.ffn_dim + 4 * d) for c in layers if c.op == o) for o in space.ops]
     return np.asarray(out, dtype=np.float64)
 
 
@@ -140,8 +140,8 @@ def fit_latency_predictor(space: TransformerSearchSpace, vocab_size: int, sample
                           repeats: int = 5, seed: int = 0, ridge: float = 1e-3,
                           measure: Callable[..., float] = measure_latency,
                           log: Callable[[str], None] = print) -> LatencyPredictor:
-    """Measure ``samples`` random architectures (plus the two extremes of size), fit on 75 %, report the
-    error on the held-out 25 % (``report``), then refit on all of them."""
+    """Measure ``samples`` distinct random architectures, fit on 75 %, report the error on the held-out
+    25 % (``report``), then refit on all of them."""
     if samples < 4:
         raise UserError(f"--samples must be >= 4 (a quarter is held out), got {samples}")
     rng = np.random.default_rng(seed)

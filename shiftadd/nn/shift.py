@@ -89,8 +89,27 @@ class PowerOfTwoWeight(LayerModule):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The effective weight (:meth:`effective_weight` with the layer's rounding)."""
-        return self.effective_weight()
+        """The effective weight (:meth:`effective_weight` with the layer's rounding).
+
+        In eval mode without autograd (decoding, validation) it is computed once and reused while the
+        parameters stay the same tensors with the same version counters (an optimizer step or
+        ``load_state_dict`` bumps them); an incremental decoder would otherwise redo the
+        weight transform, whose cost is that of the weights, at every generated token. (Writing
+        through ``param.data`` bypasses the version counter: call :meth:`clear_weight_cache` then.)"""
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self.effective_weight()
+        params = (self.shift, self.sign) if self.mode == "ps" else (self.latent_weight,)
+        key = tuple((p, p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+        cached = self.__dict__.get("_weight_cache")
+        if cached is None or len(cached[0]) != len(key) or any(
+                a[0] is not b[0] or a[1:] != b[1:] for a, b in zip(cached[0], key)):
+            cached = (key, self.effective_weight())
+            self.__dict__["_weight_cache"] = cached
+        return cached[1]
+
+    def clear_weight_cache(self) -> None:
+        """Forget the cached eval-mode weight (see :attr:`weight`)."""
+        self.__dict__.pop("_weight_cache", None)
 
     @torch.no_grad()
     def set_weight(self, w: torch.Tensor) -> None:
