@@ -391,9 +391,9 @@ class Pipeline(PipelineFolder):
         fig.savefig(self.out / "bleu_vs_energy.png", dpi=110)
         plt.close(fig)
         for x in rows:
-            print(f"{x['name']:<24} {x['energy_uj']:8.1f} uJ  val BLEU {x['val_bleu']:6.2f}  test BLEU {x['test_bleu']:6.2f}")
+            print(f"{x['name']:<34} {x['energy_uj']:8.1f} uJ  val BLEU {x['val_bleu']:6.2f}  test BLEU {x['test_bleu']:6.2f}")
         for b in baselines:
-            print(f"{b['run']:<24} {b['energy_uj']:8.1f} uJ  val BLEU {b['val_bleu']:6.2f}  test BLEU {b['test_bleu']:6.2f}"
+            print(f"{b['run']:<34} {b['energy_uj']:8.1f} uJ  val BLEU {b['val_bleu']:6.2f}  test BLEU {b['test_bleu']:6.2f}"
                   "  (hand-designed)")
         for c in claims:
             print(f"budget {c['budget_uj']:g} uJ: mean test BLEU {c['mean_test_bleu']}, seed spread "
